@@ -1,0 +1,1 @@
+"""Training side of ELR-LRT: the PyTorch model, training, evaluation and ONNX export."""

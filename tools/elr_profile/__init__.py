@@ -1,0 +1,1 @@
+"""Latency, memory and energy profiler for ELR-LRT bundles (no torch)."""
