@@ -1,0 +1,113 @@
+"""Bits per byte, mean patch length and estimated FLOPs per byte of a checkpoint on text files.
+
+    elr-eval CHECKPOINT FILE [FILE ...] [--seq-len 512] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from elr_export.data import (
+    DataError,
+    PatchedDocument,
+    eval_windows,
+    expand_paths,
+    mean_patch_length,
+    patch_documents,
+    read_documents,
+    stack_windows,
+)
+from elr_export.model import ELRModel, estimate_flops_per_byte
+from elr_runtime.graph_io import EOS_ID, PAD_ID
+
+logger = logging.getLogger(__name__)
+
+
+@torch.no_grad()
+def evaluate_bpb(model: ELRModel, docs: Sequence[PatchedDocument], seq_len: int,
+                 batch_size: int = 16, max_windows: int | None = None,
+                 autocast_dtype: torch.dtype | None = None) -> float:
+    """Return bits per byte over every byte of `docs` (EOS predictions excluded)."""
+    was_training = model.training
+    model.eval()
+    windows = eval_windows(docs, seq_len)
+    if max_windows is not None and len(windows) > max_windows:
+        step = len(windows) / max_windows
+        windows = [windows[int(i * step)] for i in range(max_windows)]
+    total_nats = 0.0
+    total_bytes = 0
+    for i in range(0, len(windows), batch_size):
+        batch = stack_windows(windows[i:i + batch_size])
+        with torch.autocast("cpu", dtype=autocast_dtype or torch.bfloat16,
+                            enabled=autocast_dtype is not None):
+            logits = model(batch["byte_ids"], batch["patch_ids"])
+        targets = batch["targets"]
+        byte_targets = targets.masked_fill(targets == EOS_ID, PAD_ID)
+        nats = F.cross_entropy(logits.float().flatten(0, 1), byte_targets.flatten(),
+                               ignore_index=PAD_ID, reduction="sum")
+        total_nats += float(nats)
+        total_bytes += int((byte_targets != PAD_ID).sum())
+    model.train(was_training)
+    return total_nats / max(total_bytes, 1) / math.log(2)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="elr-eval", description="Report bits per byte, mean patch length and estimated "
+        "FLOPs per byte of a checkpoint on text files (each file is one document).")
+    parser.add_argument("checkpoint", help="checkpoint directory written by elr-train")
+    parser.add_argument("files", nargs="+", help="text files, directories or globs to evaluate on")
+    parser.add_argument("--seq-len", type=int, default=None,
+                        help="window length in bytes (default: the training window length)")
+    parser.add_argument("--batch-size", type=int, default=16, help="windows per forward pass")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+
+    from elr_export.checkpoint import CheckpointError, load_checkpoint
+
+    try:
+        if args.threads is not None:
+            if args.threads < 1:
+                raise ValueError(f"--threads {args.threads} must be at least 1")
+            torch.set_num_threads(args.threads)
+        ckpt = load_checkpoint(args.checkpoint)
+        docs = patch_documents(read_documents(expand_paths(args.files)), ckpt.patch_rule())
+        seq_len = args.seq_len or int(ckpt.training_state.get("seq_len", 512))
+        if seq_len < 2:
+            raise ValueError(f"--seq-len {seq_len} must be at least 2")
+        bpb = evaluate_bpb(ckpt.model, docs, seq_len, args.batch_size)
+    except (CheckpointError, DataError, ValueError) as err:
+        print(f"elr-eval: error: {err}", file=sys.stderr)
+        return 2
+
+    patch_len = mean_patch_length(docs)
+    result = {
+        "bits_per_byte": round(bpb, 4),
+        "mean_patch_length": round(patch_len, 3),
+        "flops_per_byte": estimate_flops_per_byte(ckpt.config, patch_len),
+        "bytes": sum(len(d.data) for d in docs),
+        "parameters": ckpt.model.n_params(),
+    }
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"bits per byte      {result['bits_per_byte']:.4f}")
+        print(f"mean patch length  {result['mean_patch_length']:.3f} bytes")
+        print(f"FLOPs per byte     {result['flops_per_byte'] / 1e6:.2f} M (estimate)")
+        print(f"bytes evaluated    {result['bytes']:,}")
+        print(f"parameters         {result['parameters']:,}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

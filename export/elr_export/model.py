@@ -1,0 +1,315 @@
+"""The ELR-LRT model: local byte encoder, global latent transformer over patches, local decoder.
+
+Data flow for one sequence (BOS, b1, b2, ...), where patch p is a run of consecutive bytes:
+
+    encoder:  bytes -> byte + hashed n-gram embeddings -> causal windowed layers -> hidden
+    pooling:  each finished patch's hidden states -> [mean, last] -> one global input vector
+    global:   causal windowed layers over patch vectors (and latent steps) -> global_hidden
+    decoder:  hidden[t] + proj(global_hidden of the last patch finished before byte t+1)
+              -> causal windowed layers -> logits of byte t+1
+
+BOS always forms patch 0, so every byte has a finished patch before it. Whether byte t+1
+starts a new patch is decided by the causal patcher from bytes up to t, so the decoder never
+sees a future byte. `forward` runs a whole sequence for training; `encoder_step`,
+`global_step`, `latent_loop` and `decoder_step` run the same computation in pieces with
+explicit KV caches, one piece per ONNX graph of a bundle.
+
+KV caches are stacked over layers: (n_layers, batch, n_heads, past_length, head_dim).
+A cache holds the most recent positions in order, so key positions are the `past_length`
+positions just before the first new one; the runtime may drop the oldest entries once they
+fall out of the attention window without changing any output.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from elr_export.config import ModelConfig
+from elr_runtime.graph_io import PAD_ID
+
+# Multipliers of the polynomial n-gram hash; one per n-gram size so that the tables of
+# different sizes do not collide in the same pattern. Byte ids are below 264, so the base
+# must exceed that for distinct n-grams to start from distinct polynomials.
+_HASH_BASES = (269, 271, 277, 281, 283, 293, 307)
+
+
+def ngram_hash_ids(ids_with_history: Tensor, n: int, history: int, buckets: int) -> Tensor:
+    """Hash the n-gram ending at each position into [0, buckets).
+
+    ids_with_history: (B, history + T) int64, the `history` ids before the T positions first.
+    Returns (B, T) int64. The modulo is taken after every step so no value exceeds
+    buckets * base + 264, far from int64 overflow; `a - (a // m) * m` is used because it exports
+    to plain ONNX integer ops.
+    """
+    total = ids_with_history.shape[1]
+    length = total - history
+    base = _HASH_BASES[n - 2]
+    hashed = torch.zeros_like(ids_with_history[:, history:])
+    for j in range(n):
+        start = history - n + 1 + j
+        hashed = hashed * base + ids_with_history[:, start:start + length] + 1
+        hashed = hashed - (hashed // buckets) * buckets
+    return hashed
+
+
+class RotaryEmbedding(nn.Module):
+    """Rotary position embedding applied to queries and keys at absolute positions."""
+
+    def __init__(self, head_dim: int, base: float) -> None:
+        super().__init__()
+        inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def forward(self, x: Tensor, position_ids: Tensor) -> Tensor:
+        # x: (B, H, T, D), position_ids: (B, T)
+        angles = position_ids.to(torch.float32)[:, None, :, None] * self.inv_freq  # (B, 1, T, D/2)
+        cos, sin = angles.cos(), angles.sin()
+        x1, x2 = x.float().chunk(2, dim=-1)
+        rotated = torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+        return rotated.to(x.dtype)
+
+
+def window_mask(position_ids: Tensor, past_length: int, window: int) -> Tensor:
+    """Return the (B, 1, T, past_length + T) boolean mask of a causal sliding window.
+
+    Query t at position q may see key position k when q - window < k <= q. Keys are the
+    `past_length` cached positions followed by the T new ones, contiguous and in order.
+    """
+    new_length = position_ids.shape[1]
+    offsets = torch.arange(past_length + new_length, device=position_ids.device) - past_length
+    key_positions = position_ids[:, :1] + offsets  # (B, P + T)
+    distance = position_ids[:, :, None] - key_positions[:, None, :]  # (B, T, P + T)
+    return ((distance >= 0) & (distance < window))[:, None]
+
+
+class Attention(nn.Module):
+    def __init__(self, d_model: int, n_heads: int, rope: RotaryEmbedding, dropout: float) -> None:
+        super().__init__()
+        self.n_heads = n_heads
+        self.head_dim = d_model // n_heads
+        self.qkv = nn.Linear(d_model, 3 * d_model, bias=False)
+        self.out = nn.Linear(d_model, d_model, bias=False)
+        self.rope = rope
+        self.dropout = dropout
+
+    def forward(self, x: Tensor, position_ids: Tensor, mask: Tensor,
+                past_key: Tensor, past_value: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        batch, length, width = x.shape
+        q, k, v = self.qkv(x).split(width, dim=-1)
+        q = q.view(batch, length, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
+        k = k.view(batch, length, self.n_heads, self.head_dim).transpose(1, 2)
+        v = v.view(batch, length, self.n_heads, self.head_dim).transpose(1, 2)
+        q = self.rope(q, position_ids)
+        k = self.rope(k, position_ids)
+
+        key = torch.cat((past_key.to(k.dtype), k), dim=2)  # (B, H, P + T, D)
+        value = torch.cat((past_value.to(v.dtype), v), dim=2)
+        dropout = self.dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, key, value, attn_mask=mask, dropout_p=dropout)
+        y = y.transpose(1, 2).reshape(batch, length, width)
+        return self.out(y), key, value
+
+
+class Block(nn.Module):
+    """Pre-norm transformer layer: attention then MLP, each with a residual connection."""
+
+    def __init__(self, d_model: int, n_heads: int, mlp_ratio: int, rope: RotaryEmbedding,
+                 dropout: float) -> None:
+        super().__init__()
+        self.attn_norm = nn.LayerNorm(d_model)
+        self.attn = Attention(d_model, n_heads, rope, dropout)
+        self.mlp_norm = nn.LayerNorm(d_model)
+        self.mlp = nn.Sequential(
+            nn.Linear(d_model, mlp_ratio * d_model, bias=False),
+            nn.GELU(approximate="tanh"),
+            nn.Linear(mlp_ratio * d_model, d_model, bias=False),
+            nn.Dropout(dropout),
+        )
+
+    def forward(self, x: Tensor, position_ids: Tensor, mask: Tensor,
+                past_key: Tensor, past_value: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        attended, key, value = self.attn(self.attn_norm(x), position_ids, mask, past_key, past_value)
+        x = x + attended
+        x = x + self.mlp(self.mlp_norm(x))
+        return x, key, value
+
+
+class Stack(nn.Module):
+    """A stack of causal windowed layers with a stacked KV cache and a final norm."""
+
+    def __init__(self, n_layers: int, d_model: int, n_heads: int, window: int,
+                 config: ModelConfig) -> None:
+        super().__init__()
+        self.window = window
+        self.n_heads = n_heads
+        self.head_dim = d_model // n_heads
+        rope = RotaryEmbedding(self.head_dim, config.rope_base)
+        self.layers = nn.ModuleList(
+            Block(d_model, n_heads, config.mlp_ratio, rope, config.dropout)
+            for _ in range(n_layers))
+        self.norm = nn.LayerNorm(d_model)
+
+    def empty_cache(self, batch: int, device: torch.device | None = None) -> tuple[Tensor, Tensor]:
+        shape = (len(self.layers), batch, self.n_heads, 0, self.head_dim)
+        return torch.zeros(shape, device=device), torch.zeros(shape, device=device)
+
+    def forward(self, x: Tensor, position_ids: Tensor, past_keys: Tensor,
+                past_values: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        mask = window_mask(position_ids, past_keys.shape[3], self.window)
+        keys, values = [], []
+        for i, layer in enumerate(self.layers):
+            x, key, value = layer(x, position_ids, mask, past_keys[i], past_values[i])
+            keys.append(key)
+            values.append(value)
+        return self.norm(x), torch.stack(keys), torch.stack(values)
+
+
+class ELRModel(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        c = config
+
+        # local encoder
+        self.byte_embed = nn.Embedding(c.vocab_size, c.d_local)
+        self.ngram_embeds = nn.ModuleList(
+            nn.Embedding(c.ngram_buckets, c.d_local) for _ in c.ngram_sizes)
+        self.encoder = Stack(c.n_encoder_layers, c.d_local, c.n_local_heads, c.local_window, c)
+
+        # patch pooling and global model
+        self.patch_proj = nn.Linear(2 * c.d_local, c.d_global, bias=False)
+        self.global_model = Stack(c.n_global_layers, c.d_global, c.n_global_heads,
+                                  c.global_window, c)
+
+        # local decoder
+        self.context_proj = nn.Linear(c.d_global, c.d_local, bias=False)
+        self.decoder = Stack(c.n_decoder_layers, c.d_local, c.n_local_heads, c.local_window, c)
+        self.head = nn.Linear(c.d_local, c.vocab_size, bias=False)
+
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear) or isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, std=0.02)
+
+    def n_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    # -- the four parts the runtime calls ---------------------------------------------------
+
+    def encoder_step(self, byte_ids: Tensor, prev_byte_ids: Tensor, position_ids: Tensor,
+                     past_keys: Tensor, past_values: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Encode new bytes. byte_ids (B, T); prev_byte_ids (B, ngram_history)."""
+        c = self.config
+        history = c.ngram_history
+        ids = torch.cat((prev_byte_ids, byte_ids), dim=1)  # (B, history + T)
+        x = self.byte_embed(byte_ids)  # (B, T, d_local)
+        for n, table in zip(c.ngram_sizes, self.ngram_embeds, strict=True):
+            x = x + table(ngram_hash_ids(ids, n, history, c.ngram_buckets))
+        return self.encoder(x, position_ids, past_keys, past_values)
+
+    def pool_patch(self, patch_hidden: Tensor) -> Tensor:
+        """Pool one patch of encoder states (B, L, d_local) into a global input (B, 1, d_global)."""
+        pooled = torch.cat((patch_hidden.mean(dim=1), patch_hidden[:, -1]), dim=-1)
+        return self.patch_proj(pooled)[:, None]
+
+    def global_step(self, patch_hidden: Tensor, position_ids: Tensor, past_keys: Tensor,
+                    past_values: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Advance the global model by one finished patch. position_ids (B, 1)."""
+        return self.global_model(self.pool_patch(patch_hidden), position_ids, past_keys,
+                                 past_values)
+
+    def latent_loop(self, latent_input: Tensor, position_ids: Tensor, past_keys: Tensor,
+                    past_values: Tensor, n_latent_steps: int) -> tuple[Tensor, Tensor, Tensor]:
+        """Feed the last global hidden state back as the next global input, n_latent_steps times.
+
+        latent_input (B, 1, d_global); position_ids (B, 1) is the position of the first step.
+        """
+        hidden = latent_input
+        for step in range(n_latent_steps):
+            hidden, past_keys, past_values = self.global_model(
+                hidden, position_ids + step, past_keys, past_values)
+        return hidden, past_keys, past_values
+
+    def decoder_step(self, encoder_hidden: Tensor, global_context: Tensor, position_ids: Tensor,
+                     past_keys: Tensor, past_values: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Predict the byte after each new position. Returns logits (B, T, vocab_size)."""
+        x = encoder_hidden + self.context_proj(global_context)
+        x, keys, values = self.decoder(x, position_ids, past_keys, past_values)
+        return self.head(x), keys, values
+
+    # -- full-sequence forward for training --------------------------------------------------
+
+    def forward(self, byte_ids: Tensor, patch_ids: Tensor) -> Tensor:
+        """Return next-byte logits (B, T, vocab_size) for a batch of whole sequences.
+
+        byte_ids: (B, T) int64, each row starting with BOS_ID.
+        patch_ids: (B, T + 1) int64, the patch index of every position and of the position
+            after the last one (so the last byte's prediction knows whether it opens a patch).
+            Non-decreasing, 0 only for BOS, consecutive patches differ by 1.
+        """
+        batch, length = byte_ids.shape
+        device = byte_ids.device
+        positions = torch.arange(length, device=device).expand(batch, length)
+
+        # encode every byte, with PAD as the n-gram history before BOS
+        history = torch.full((batch, self.config.ngram_history), PAD_ID, dtype=torch.long,
+                             device=device)
+        empty_keys, empty_values = self.encoder.empty_cache(batch, device)
+        hidden, _, _ = self.encoder_step(byte_ids, history, positions, empty_keys, empty_values)
+
+        # pool each patch into one global input: [mean, last] of its encoder states
+        global_inputs = self._pool_patches(hidden, patch_ids[:, :length])  # (B, N, d_global)
+
+        # global model over patches
+        n_patches = global_inputs.shape[1]
+        global_positions = torch.arange(n_patches, device=device).expand(batch, n_patches)
+        empty_keys, empty_values = self.global_model.empty_cache(batch, device)
+        global_hidden, _, _ = self.global_model(global_inputs, global_positions, empty_keys,
+                                                empty_values)
+
+        # decoder: position t reads the last patch finished before byte t + 1
+        context_ids = (patch_ids[:, 1:] - 1).clamp(min=0)  # (B, T)
+        context = torch.gather(
+            global_hidden, 1,
+            context_ids[:, :, None].expand(batch, length, global_hidden.shape[-1]))
+        empty_keys, empty_values = self.decoder.empty_cache(batch, device)
+        logits, _, _ = self.decoder_step(hidden, context, positions, empty_keys, empty_values)
+        return logits
+
+    def _pool_patches(self, hidden: Tensor, patch_ids: Tensor) -> Tensor:
+        batch, length, width = hidden.shape
+        n_patches = int(patch_ids.max().item()) + 1
+        index = patch_ids[:, :, None].expand(batch, length, width)
+        sums = hidden.new_zeros(batch, n_patches, width).scatter_add_(1, index, hidden)
+        counts = hidden.new_zeros(batch, n_patches).scatter_add_(
+            1, patch_ids, hidden.new_ones(batch, length))
+        means = sums / counts.clamp(min=1.0)[:, :, None]
+        positions = torch.arange(length, device=hidden.device).expand(batch, length)
+        last_index = torch.zeros(batch, n_patches, dtype=torch.long, device=hidden.device)
+        last_index = last_index.scatter_reduce(1, patch_ids, positions, reduce="amax")
+        last = torch.gather(hidden, 1, last_index[:, :, None].expand(batch, n_patches, width))
+        return self.patch_proj(torch.cat((means, last), dim=-1))
+
+
+def estimate_flops_per_byte(config: ModelConfig, mean_patch_length: float) -> float:
+    """Estimate forward FLOPs per byte: 2 per weight multiply plus attention over the window.
+
+    The local stacks run once per byte and the global stack once per patch; attention costs
+    4 * width * attended positions per layer, counted with the full window as an upper bound.
+    """
+    c = config
+
+    def stack_flops(n_layers: int, width: int, window: int) -> float:
+        weights = n_layers * (4 + 2 * c.mlp_ratio) * width * width
+        return 2.0 * weights + 4.0 * n_layers * width * window
+
+    per_byte = stack_flops(c.n_encoder_layers, c.d_local, c.local_window)
+    per_byte += stack_flops(c.n_decoder_layers, c.d_local, c.local_window)
+    per_byte += 2.0 * (c.d_global * c.d_local + c.d_local * c.vocab_size)  # context + head
+    per_patch = stack_flops(c.n_global_layers, c.d_global, c.global_window)
+    per_patch += 2.0 * 2 * c.d_local * c.d_global  # pooling projection
+    return per_byte + per_patch / mean_patch_length
