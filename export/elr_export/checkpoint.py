@@ -157,7 +157,8 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         raise CheckpointError(f"{config_file} is not valid JSON ({err}): the checkpoint is "
                               "corrupt") from err
     if not isinstance(config, dict):
-        raise CheckpointError(f"{config_file} is not a checkpoint config: the checkpoint is corrupt")
+        raise CheckpointError(f"{config_file} is not a checkpoint config: "
+                              "the checkpoint is corrupt")
     version = config.get("format_version")
     if version != CHECKPOINT_FORMAT_VERSION:
         raise CheckpointError(f"{root} has checkpoint format version {version!r}, this elr-lrt "

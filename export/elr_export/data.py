@@ -31,7 +31,10 @@ def expand_paths(patterns: Sequence[str]) -> list[Path]:
     """Expand files, directories (all files below them) and glob patterns into file paths."""
     paths: list[Path] = []
     for pattern in patterns:
-        matches = sorted(glob.glob(pattern, recursive=True)) if glob.has_magic(pattern) else [pattern]
+        if glob.has_magic(pattern):
+            matches = sorted(glob.glob(pattern, recursive=True))
+        else:
+            matches = [pattern]
         if not matches:
             raise DataError(f"no file matches {pattern!r}: check the path or quote the glob")
         for match in matches:
@@ -65,7 +68,8 @@ def read_documents(paths: Sequence[Path]) -> list[bytes]:
     return documents
 
 
-def split_documents(documents: Sequence[bytes], val_fraction: float) -> tuple[list[bytes], list[bytes]]:
+def split_documents(documents: Sequence[bytes],
+                    val_fraction: float) -> tuple[list[bytes], list[bytes]]:
     """Split every document into a training head and a validation tail of `val_fraction`."""
     train, val = [], []
     for doc in documents:

@@ -130,7 +130,8 @@ class Block(nn.Module):
 
     def forward(self, x: Tensor, position_ids: Tensor, mask: Tensor,
                 past_key: Tensor, past_value: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        attended, key, value = self.attn(self.attn_norm(x), position_ids, mask, past_key, past_value)
+        normed = self.attn_norm(x)
+        attended, key, value = self.attn(normed, position_ids, mask, past_key, past_value)
         x = x + attended
         x = x + self.mlp(self.mlp_norm(x))
         return x, key, value
@@ -192,7 +193,7 @@ class ELRModel(nn.Module):
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, nn.Linear) or isinstance(module, nn.Embedding):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
             nn.init.normal_(module.weight, std=0.02)
 
     def n_params(self) -> int:
