@@ -140,7 +140,7 @@ class Trainer:
         self.optimizer.step()
         targets = batch["targets"]
         n_bytes = int(((targets != PAD_ID) & (targets != EOS_ID)).sum()) * self.world_size
-        return float(loss), n_bytes
+        return loss.item(), n_bytes
 
     def validate(self, max_windows: int | None) -> float:
         return evaluate_bpb(self.model, self.val_docs, self.config.seq_len,

@@ -1,0 +1,150 @@
+"""elr-train and elr-eval end to end on real text with tiny models."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from elr_export.checkpoint import load_checkpoint
+from elr_export.evaluate import main as eval_main
+from elr_export.train_cli import main as train_main
+
+TINY_MODEL = ["--d-local", "32", "--n-local-heads", "2", "--d-global", "64",
+              "--n-global-heads", "2", "--n-global-layers", "1", "--ngram-buckets", "256",
+              "--seq-len", "64", "--batch-size", "8", "--warmup-steps", "5", "--lr", "3e-3",
+              "--no-bf16", "--threads", "1"]
+
+
+@pytest.fixture(scope="module")
+def small_text(tmp_path_factory, text_dir: Path) -> Path:
+    # 150 KB of Shakespeare keeps the table build, calibration and training fast
+    path = tmp_path_factory.mktemp("data") / "shakespeare_head.txt"
+    path.write_bytes((text_dir / "tinyshakespeare.txt").read_bytes()[:150_000])
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, small_text: Path) -> Path:
+    out = tmp_path_factory.mktemp("run") / "ckpt"
+    code = train_main([str(small_text), "--out", str(out), "--max-steps", "60",
+                       "--eval-interval", "30", "--checkpoint-interval", "30", *TINY_MODEL])
+    assert code == 0
+    return out
+
+
+def test_training_writes_checkpoint(trained: Path):
+    names = {p.name for p in trained.iterdir()}
+    assert {"model.safetensors", "config.json", "frequency_table.elrt",
+            "optimizer.safetensors"} <= names
+    assert not any(name.endswith(".pt") or name.endswith(".pkl") for name in names)
+
+
+def test_training_lowers_validation_bpb(trained: Path):
+    state = load_checkpoint(trained).training_state
+    # an untrained model scores about log2(264) = 8.04 bits per byte
+    assert state["run"]["last_val_bpb"] < 5.0
+    assert state["run"]["step"] == 60
+
+
+def test_entropy_patches_near_target(trained: Path):
+    state = load_checkpoint(trained).training_state
+    assert 3.5 < state["mean_patch_length_train"] < 5.5
+
+
+def test_resume_continues_from_step(trained: Path, small_text: Path, tmp_path: Path):
+    copy = tmp_path / "ckpt"
+    subprocess.run(["cp", "-r", str(trained), str(copy)], check=True)
+    code = train_main([str(small_text), "--out", str(copy), "--resume", "--max-steps", "70",
+                       "--eval-interval", "30", *TINY_MODEL])
+    assert code == 0
+    assert load_checkpoint(copy).training_state["run"]["step"] == 70
+
+
+def test_eval_reports_bpb_and_flops(trained: Path, small_text: Path, capsys):
+    assert eval_main([str(trained), str(small_text), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert 0 < result["bits_per_byte"] < 6
+    assert result["mean_patch_length"] > 1
+    assert result["flops_per_byte"] > 0
+
+
+def test_binary_input_trains(tmp_path: Path):
+    data = tmp_path / "random.bin"
+    data.write_bytes(os.urandom(40_000) + bytes(range(256)) * 20)
+    code = train_main([str(data), "--out", str(tmp_path / "ckpt"), "--max-steps", "3",
+                       "--eval-interval", "3", *TINY_MODEL])
+    assert code == 0
+
+
+@pytest.mark.parametrize("case", ["missing", "empty", "empty_dir", "bad_config", "bad_fraction"])
+def test_bad_input_one_line_error(case: str, tmp_path: Path, small_text: Path, capsys):
+    args = {
+        "missing": [str(tmp_path / "nope.txt")],
+        "empty": [str(tmp_path / "empty.txt")],
+        "empty_dir": [str(tmp_path / "emptydir")],
+        "bad_config": [str(small_text), "--d-global", "30"],
+        "bad_fraction": [str(small_text), "--val-fraction", "1.5"],
+    }[case]
+    (tmp_path / "empty.txt").write_bytes(b"")
+    (tmp_path / "emptydir").mkdir()
+    code = train_main([*TINY_MODEL, *args, "--out", str(tmp_path / "out"), "--max-steps", "2"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert err[-1].startswith("elr-train: error:")
+    assert "Traceback" not in "\n".join(err)
+    assert not (tmp_path / "out").exists()
+
+
+def test_existing_checkpoint_not_overwritten(trained: Path, small_text: Path, capsys):
+    before = (trained / "model.safetensors").read_bytes()
+    code = train_main([str(small_text), "--out", str(trained), "--max-steps", "2", *TINY_MODEL])
+    assert code == 2
+    assert "--resume" in capsys.readouterr().err
+    assert (trained / "model.safetensors").read_bytes() == before
+
+
+def test_corrupt_checkpoint_on_resume(trained: Path, small_text: Path, tmp_path: Path, capsys):
+    copy = tmp_path / "ckpt"
+    subprocess.run(["cp", "-r", str(trained), str(copy)], check=True)
+    (copy / "model.safetensors").write_bytes(b"not a safetensors file")
+    code = train_main([str(small_text), "--out", str(copy), "--resume", "--max-steps", "80",
+                       *TINY_MODEL])
+    assert code == 2
+    assert "model.safetensors" in capsys.readouterr().err
+    assert (copy / "model.safetensors").read_bytes() == b"not a safetensors file"
+
+
+def test_ctrl_c_saves_checkpoint(small_text: Path, tmp_path: Path):
+    out = tmp_path / "ckpt"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "elr_export.train_cli", str(small_text), "--out", str(out),
+         "--max-steps", "100000", "--eval-interval", "100000", *TINY_MODEL],
+        stderr=subprocess.PIPE, text=True)
+    # wait for the first progress-bar update, then interrupt
+    deadline = time.monotonic() + 120
+    seen = ""
+    while time.monotonic() < deadline and "step/s" not in seen and "s/step" not in seen:
+        seen += proc.stderr.read(64)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    assert "Traceback" not in err
+    assert load_checkpoint(out).training_state["run"]["step"] >= 1
+
+
+def test_torchrun_ranks_stay_identical(small_text: Path, tmp_path: Path):
+    worker = Path(__file__).with_name("ddp_worker.py")
+    torchrun = Path(sys.executable).with_name("torchrun")
+    subprocess.run([str(torchrun), "--nproc-per-node", "2", "--master-port", "29517",
+                    str(worker), str(small_text), str(tmp_path)], check=True, timeout=300)
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["param_sha256"] == ranks[1]["param_sha256"]
+    losses = ranks[0]["losses"]
+    assert sum(losses[-10:]) / 10 < sum(losses[:10]) / 10 - 0.5
