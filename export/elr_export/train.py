@@ -162,7 +162,9 @@ class Trainer:
         """Train until max_steps or the time budget; Ctrl-C saves a checkpoint and returns."""
         config = self.config
         self.model.train()
-        bar = tqdm(total=config.max_steps, initial=self.state.step, disable=self.rank != 0,
+        # with a time budget the step count is open-ended, so the bar shows the time left instead
+        total = None if config.time_budget_s > 0 else config.max_steps
+        bar = tqdm(total=total, initial=self.state.step, disable=self.rank != 0,
                    unit="step", dynamic_ncols=True, file=sys.stderr)
         window_start, window_bytes = time.perf_counter(), 0
         try:
@@ -176,9 +178,13 @@ class Trainer:
                 bar.update(1)
                 if self.state.step % 10 == 0:
                     now = time.perf_counter()
-                    bar.set_postfix(loss=f"{loss:.3f}", bpb=f"{loss / math.log(2):.3f}",
-                                    bytes_per_s=f"{window_bytes / (now - window_start):,.0f}",
-                                    val_bpb=self.state.last_val_bpb)
+                    postfix = {"loss": f"{loss:.3f}", "bpb": f"{loss / math.log(2):.3f}",
+                               "bytes_per_s": f"{window_bytes / (now - window_start):,.0f}",
+                               "val_bpb": self.state.last_val_bpb}
+                    if config.time_budget_s > 0:
+                        left = max(0.0, config.time_budget_s - self.state.elapsed_s)
+                        postfix["time_left"] = f"{left / 60:.1f}min"
+                    bar.set_postfix(postfix)
                     window_start, window_bytes = now, 0
                 if self.state.step % config.eval_interval == 0:
                     self._record_val(self.validate(config.eval_windows))
