@@ -148,3 +148,23 @@ def test_torchrun_ranks_stay_identical(small_text: Path, tmp_path: Path):
     assert ranks[0]["param_sha256"] == ranks[1]["param_sha256"]
     losses = ranks[0]["losses"]
     assert sum(losses[-10:]) / 10 < sum(losses[:10]) / 10 - 0.5
+
+
+def test_compact_checkpoint_halves_weights(trained: Path, tmp_path: Path):
+    import torch
+
+    from elr_export.checkpoint import compact_checkpoint
+    from elr_export.reference import sequence_tensors
+
+    out = compact_checkpoint(trained, tmp_path / "compact", torch.float16)
+    full_size = (trained / "model.safetensors").stat().st_size
+    assert (out / "model.safetensors").stat().st_size < 0.55 * full_size
+    assert not (out / "optimizer.safetensors").exists()
+
+    original, compact = load_checkpoint(trained), load_checkpoint(out)
+    byte_ids, patch_ids = sequence_tensors(b"ROMEO: What light", original.patch_rule())
+    with torch.no_grad():
+        difference = (original.model(byte_ids, patch_ids)
+                      - compact.model(byte_ids, patch_ids)).abs().max().item()
+    # float16 keeps 11 significant bits: logits move by well under 0.05
+    assert difference < 0.05

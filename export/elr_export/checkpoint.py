@@ -201,3 +201,45 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         except ValueError as err:
             raise CheckpointError(f"{table_file}: {err}") from err
     return Checkpoint(model, table, config.get("patcher"), config.get("training", {}), root)
+
+
+def compact_checkpoint(source: str | Path, target: str | Path,
+                       weights_dtype: torch.dtype = torch.float16) -> Path:
+    """Write a release copy of a checkpoint: weights in `weights_dtype`, no optimizer state.
+
+    float16 halves the size of float32 weights; loading converts them back to float32.
+    """
+    ckpt = load_checkpoint(source)
+    state = dict(ckpt.training_state)
+    state["weights_dtype"] = str(weights_dtype).removeprefix("torch.")
+    return save_checkpoint(target, ckpt.model, ckpt.table, ckpt.patcher_settings,
+                           training_state=state, weights_dtype=weights_dtype)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """python -m elr_export.checkpoint SOURCE TARGET [--dtype float16|bfloat16|float32]"""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(
+        prog="python -m elr_export.checkpoint",
+        description="Write a compact release copy of a training checkpoint (no optimizer "
+        "state, weights stored in a smaller float type).")
+    parser.add_argument("source", help="checkpoint directory written by elr-train")
+    parser.add_argument("target", help="directory for the compact copy (replaced if it is a "
+                        "checkpoint)")
+    parser.add_argument("--dtype", choices=("float16", "bfloat16", "float32"), default="float16",
+                        help="storage type of the weights")
+    args = parser.parse_args(argv)
+    try:
+        out = compact_checkpoint(args.source, args.target, getattr(torch, args.dtype))
+    except CheckpointError as err:
+        print(f"elr_export.checkpoint: error: {err}", file=sys.stderr)
+        return 2
+    size = sum(p.stat().st_size for p in out.iterdir())
+    print(f"wrote {out} ({size / 1e6:.1f} MB)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
