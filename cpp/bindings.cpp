@@ -276,7 +276,9 @@ NB_MODULE(_patcher, m) {
   m.attr("MIN_TABLE_BYTES") = kMinTableBytes;
   m.attr("MIN_BUILDER_BYTES") = kMinBuilderBytes;
   m.attr("TABLE_FIXED_BYTES") = kTableFixedBytes;
-  m.attr("TABLE_BYTES_PER_CONTEXT") = kTableBytesPerContext;
+  m.attr("MAX_NARROW_ORDER") = kMaxNarrowOrder;
+  m.attr("NARROW_CONTEXT_BYTES") = kNarrowContextBytes;
+  m.attr("WIDE_CONTEXT_BYTES") = kWideContextBytes;
   m.attr("BUILDER_SLOT_BYTES") = kBuilderSlotBytes;
   m.attr("TABLE_FORMAT_VERSION") = kTableFormatVersion;
   m.attr("MAX_PATCH_LENGTH_LIMIT") = kMaxPatchLengthLimit;

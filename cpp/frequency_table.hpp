@@ -3,11 +3,14 @@
 // once built, so one table can be read from several threads at once.
 #pragma once
 
+#include <algorithm>
 #include <array>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <vector>
+
+#include "context_index.hpp"
 
 namespace elr {
 
@@ -18,12 +21,21 @@ inline constexpr size_t kMaxContextLength = 8;
 inline constexpr size_t kByteValues = 256;
 inline constexpr double kMaxEntropyBits = 8.0;
 
-// Memory budget of a finalized table: a fixed part (header, per-order bookkeeping) plus a bound
-// per stored context. The hash index uses 12-byte slots at a load factor of at most 0.8, so
-// 16 bytes per context always suffice; TableBuilder keeps at most
-// (max_table_bytes - kTableFixedBytes) / kTableBytesPerContext contexts.
+// Contexts of up to kMaxNarrowOrder bytes use 8-byte hash slots, longer ones 12-byte slots.
+inline constexpr size_t kMaxNarrowOrder = 4;
+
+// Memory budget of a finalized table: a fixed part (bookkeeping, and the rounding of each
+// order's slot count) plus a cost per stored context. The hash index has at least twice as
+// many slots as contexts, so a context costs 16 bytes up to order 4 and 24 bytes above.
+// TableBuilder keeps contexts while their costs fit in max_table_bytes - kTableFixedBytes.
 inline constexpr size_t kTableFixedBytes = 4096;
-inline constexpr size_t kTableBytesPerContext = 16;
+inline constexpr size_t kNarrowContextBytes = 16;
+inline constexpr size_t kWideContextBytes = 24;
+
+// Returns the budget cost in bytes of one stored context of `order` bytes.
+constexpr size_t table_bytes_per_context(size_t order) {
+  return order <= kMaxNarrowOrder ? kNarrowContextBytes : kWideContextBytes;
+}
 
 // Mask that keeps the `order` most recent bytes of a history word.
 constexpr uint64_t context_mask(size_t order) {
@@ -41,93 +53,21 @@ inline uint64_t mix_bits(uint64_t key) {
   return key;
 }
 
-// A context of one order and the entropy of the next byte after it. `key` packs the context
-// bytes with the most recent byte in the low 8 bits: the context "ab" (b just before the
-// predicted byte) has key 0x6162.
-struct ContextEntropy {
-  uint64_t key = 0;
-  float entropy_bits = 0.0f;
-};
-
-// Static hash index from the keys of one order to their entropies: Robin Hood linear probing in
-// 12-byte slots built once, so a lookup of an absent key stops as soon as it reaches a slot whose
-// key sits closer to its own home slot than the probed key would.
-class ContextIndex {
- public:
-  ContextIndex() = default;
-
-  // Builds the index over `contexts`. Throws InvalidInput when two contexts share a key.
-  explicit ContextIndex(const std::vector<ContextEntropy>& contexts);
-
-  // Returns the entropy stored for `key`, or a negative value when the key is absent.
-  float find(uint64_t key) const {
-    if (slots_.empty()) {
-      return -1.0f;
-    }
-    const size_t capacity = slots_.size();
-    size_t position = home_slot(key);
-    for (size_t distance = 0;; ++distance) {
-      const Slot& slot = slots_[position];
-      if (slot.entropy_bits < 0.0f) {
-        return -1.0f;
-      }
-      const uint64_t slot_key = slot.key();
-      if (slot_key == key) {
-        return slot.entropy_bits;
-      }
-      const size_t slot_home = home_slot(slot_key);
-      const size_t slot_distance =
-          position >= slot_home ? position - slot_home : position + capacity - slot_home;
-      if (slot_distance < distance) {
-        return -1.0f;
-      }
-      position = position + 1 == capacity ? 0 : position + 1;
-    }
-  }
-
-  // Hints the CPU to load the home slot of `key`; lookups of a block of positions overlap their
-  // cache misses this way.
-  void prefetch(uint64_t key) const {
-#if defined(__GNUC__) || defined(__clang__)
-    if (!slots_.empty()) {
-      __builtin_prefetch(&slots_[home_slot(key)]);
-    }
-#else
-    (void)key;
-#endif
-  }
-
-  size_t size() const { return size_; }
-  size_t size_bytes() const { return slots_.size() * sizeof(Slot); }
-
-  // Returns every stored context, sorted by key.
-  std::vector<ContextEntropy> sorted_entries() const;
-
- private:
-  // A key split in two 32-bit halves keeps the slot at 12 bytes with 4-byte alignment.
-  // An empty slot has a negative entropy.
-  struct Slot {
-    uint32_t key_low = 0;
-    uint32_t key_high = 0;
-    float entropy_bits = -1.0f;
-
-    uint64_t key() const { return (uint64_t{key_high} << 32) | key_low; }
-  };
-  static_assert(sizeof(Slot) == 12, "a slot is 12 bytes");
-
-  size_t home_slot(uint64_t key) const;
-
-  std::vector<Slot> slots_;
-  size_t size_ = 0;
-};
-
 // Everything a table stores; shared read-only between FrequencyTable handles.
 struct TableData {
   size_t context_length = 0;
   // Entropy of the order-0 (empty) context: the smoothed byte distribution of the corpus.
   float order0_entropy_bits = static_cast<float>(kMaxEntropyBits);
-  // by_order[j] indexes the contexts of j bytes, for 1 <= j <= context_length.
-  std::array<ContextIndex, kMaxContextLength + 1> by_order;
+  // narrow[j] (j <= 4) or wide[j] (j > 4) indexes the contexts of j bytes, for
+  // 1 <= j <= context_length; the other entries stay empty.
+  std::array<ContextIndex<NarrowSlot>, kMaxNarrowOrder + 1> narrow;
+  std::array<ContextIndex<WideSlot>, kMaxContextLength + 1> wide;
+
+  // Returns the entropy stored for the context `key` of `order` bytes, or a negative value
+  // when it is absent.
+  float find(size_t order, uint64_t key) const {
+    return order <= kMaxNarrowOrder ? narrow[order].find(key) : wide[order].find(key);
+  }
 };
 
 // A handle to an immutable frequency table. Copies share the same data.
@@ -162,7 +102,7 @@ class FrequencyTable {
     const TableData& data = *data_;
     size_t order = available < data.context_length ? available : data.context_length;
     for (; order > 0; --order) {
-      const float entropy = data.by_order[order].find(history & context_mask(order));
+      const float entropy = data.find(order, history & context_mask(order));
       if (entropy >= 0.0f) {
         return entropy;
       }
@@ -174,14 +114,80 @@ class FrequencyTable {
   // every t < size. `out` must hold `size` floats.
   void entropies(const uint8_t* data, size_t size, float* out) const;
 
-  // Writes to out[t - begin] the entropy of data[t] for begin <= t < end, reading the context
-  // from data[begin - k, begin) as entropies() does.
-  void entropies_range(const uint8_t* data, size_t begin, size_t end, float* out) const;
+  // Calls on_entropy(t, entropy) for t = 0..size-1 in order, with the entropy that
+  // entropies() writes to out[t].
+  template <typename OnEntropy>
+  void for_each_entropy(const uint8_t* data, size_t size, OnEntropy&& on_entropy) const {
+    const TableData& table = *data_;
+    const size_t k = table.context_length;
+
+    // The first k positions of a document have shorter contexts; so has every position when
+    // the table stores no context of k bytes.
+    const size_t warm_up_end = n_contexts_of_order(k) == 0 ? size : std::min(size, k);
+    uint64_t history = 0;
+    for (size_t t = 0; t < warm_up_end; ++t) {
+      on_entropy(t, entropy_after(history, t));
+      history = (history << 8) | data[t];
+    }
+    if (warm_up_end == size) {
+      return;
+    }
+    if (k <= kMaxNarrowOrder) {
+      for_each_full_context(table.narrow[k], data, warm_up_end, size, history, on_entropy);
+    } else {
+      for_each_full_context(table.wide[k], data, warm_up_end, size, history, on_entropy);
+    }
+  }
 
   // Returns the contexts of `order` bytes sorted by key (for serialization).
   std::vector<ContextEntropy> sorted_contexts(size_t order) const;
 
  private:
+  // Positions hashed ahead of the lookup: enough to overlap the cache misses of their slot
+  // loads (64 measured faster than 16, 32 or 128 on an 8 MB table). A power of two.
+  static constexpr size_t kLookAhead = 64;
+
+  // for_each_entropy() over positions first..end-1, which all have k bytes of context;
+  // `history` holds the bytes before `first`.
+  template <typename Slot, typename OnEntropy>
+  void for_each_full_context(const ContextIndex<Slot>& longest, const uint8_t* data,
+                             size_t first, size_t end, uint64_t history,
+                             OnEntropy& on_entropy) const {
+    // Position t + kLookAhead is hashed and its slot prefetched while position t is looked
+    // up, so the lookups find their slots in cache instead of waiting for each miss in turn.
+    // Only where the k-byte context is absent does the lookup back off to shorter ones.
+    const size_t k = data_->context_length;
+    const uint64_t mask = context_mask(k);
+    uint64_t histories[kLookAhead];
+    size_t homes[kLookAhead];
+    size_t ahead = first;
+    uint64_t ahead_history = history;
+    const auto hash_ahead = [&]() {
+      const size_t ring = ahead & (kLookAhead - 1);
+      histories[ring] = ahead_history;
+      homes[ring] = longest.home_slot(ahead_history & mask);
+      longest.prefetch_slot(homes[ring]);
+      ahead_history = (ahead_history << 8) | data[ahead];
+      ++ahead;
+    };
+
+    while (ahead < end && ahead < first + kLookAhead) {
+      hash_ahead();
+    }
+    for (size_t t = first; t < end; ++t) {
+      const size_t ring = t & (kLookAhead - 1);
+      const uint64_t context = histories[ring];
+      float entropy = longest.find_from(context & mask, homes[ring]);
+      if (entropy < 0.0f) {
+        entropy = entropy_after(context, k - 1);
+      }
+      if (ahead < end) {
+        hash_ahead();
+      }
+      on_entropy(t, entropy);
+    }
+  }
+
   std::shared_ptr<const TableData> data_;
 };
 

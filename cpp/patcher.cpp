@@ -10,78 +10,93 @@
 namespace elr {
 namespace {
 
-// Positions whose entropies are computed at a time while patching: small enough to stay in L1.
-constexpr size_t kScanBlock = 256;
+// Positions whose start flags are handed on at a time.
+constexpr size_t kFlagBlock = 256;
 
-// Corpus positions prepared for calibration: the signal that the calibrated threshold is
-// compared with, and whether the position starts a patch whatever the threshold.
-struct CalibrationCorpus {
-  std::vector<double> signals;
-  std::vector<uint8_t> forced;
-  uint64_t n_bytes = 0;
-};
+// Patcher::scan for one mode. The rule is PatcherSettings::starts_patch written with
+// non-short-circuit operators and arithmetic, so that the compiler avoids a mispredicted branch
+// per byte; it runs inside the lookup loop, which measured faster than a separate pass over
+// blocks of entropies.
+template <BoundaryMode kMode, typename OnBlock>
+void scan_mode(const FrequencyTable& table, const PatcherSettings& settings,
+               const uint8_t* data, size_t size, OnBlock& on_block) {
+  const double threshold = settings.threshold;
+  const double relative_threshold = settings.relative_threshold;
+  const size_t max_patch_length = settings.max_patch_length;
+  const bool* const boundary_after = settings.boundary_after.data();
+  float previous_entropy = 0.0f;
+  size_t length = 0;
+  unsigned char starts[kFlagBlock];
 
-constexpr double kNeverBoundary = -std::numeric_limits<double>::infinity();
-
-CalibrationCorpus prepare_calibration(const FrequencyTable& table,
-                                      const std::vector<ByteSpan>& documents,
-                                      const PatcherSettings& settings) {
-  CalibrationCorpus corpus;
-  size_t total = 0;
-  for (const ByteSpan& document : documents) {
-    total += document.size;
-  }
-  corpus.signals.reserve(total);
-  corpus.forced.reserve(total);
-  corpus.n_bytes = total;
-
-  std::vector<float> entropies;
-  for (const ByteSpan& document : documents) {
-    entropies.resize(document.size);
-    table.entropies(document.data, document.size, entropies.data());
-    for (size_t t = 0; t < document.size; ++t) {
-      const bool forced = t == 0 || settings.boundary_after[document.data[t - 1]];
-      corpus.forced.push_back(forced ? 1 : 0);
-      double signal = kNeverBoundary;
-      if (!forced) {
-        const double rise =
-            static_cast<double>(entropies[t]) - static_cast<double>(entropies[t - 1]);
-        switch (settings.mode) {
-          case BoundaryMode::global:
-            signal = entropies[t];
-            break;
-          case BoundaryMode::relative:
-            signal = rise;
-            break;
-          case BoundaryMode::both:
-            signal = rise > settings.relative_threshold ? entropies[t] : kNeverBoundary;
-            break;
-        }
+  table.for_each_entropy(data, size, [&](size_t t, float entropy) {
+    unsigned start = 1;
+    if (t > 0) {
+      const double rise = static_cast<double>(entropy) - static_cast<double>(previous_entropy);
+      unsigned rule = 0;
+      if constexpr (kMode == BoundaryMode::global) {
+        rule = entropy > threshold;
+      } else if constexpr (kMode == BoundaryMode::relative) {
+        rule = rise > relative_threshold;
+      } else {
+        rule = static_cast<unsigned>(entropy > threshold) & (rise > relative_threshold);
       }
-      corpus.signals.push_back(signal);
+      start = static_cast<unsigned>(boundary_after[data[t - 1]]) |
+              static_cast<unsigned>(length >= max_patch_length) | rule;
     }
+    // length = start ? 1 : length + 1, without a branch on the data.
+    length = (length & (size_t{0} - static_cast<size_t>(start ^ 1u))) + 1;
+    previous_entropy = entropy;
+
+    const size_t i = t & (kFlagBlock - 1);
+    starts[i] = static_cast<unsigned char>(start);
+    if (i == kFlagBlock - 1) {
+      on_block(t - i, static_cast<const unsigned char*>(starts), kFlagBlock);
+    }
+  });
+  const size_t tail = size & (kFlagBlock - 1);
+  if (tail > 0) {
+    on_block(size - tail, static_cast<const unsigned char*>(starts), tail);
   }
-  return corpus;
 }
 
-// Returns the mean patch length over the corpus when positions with signal > threshold start a
-// patch.
-double mean_patch_length(const CalibrationCorpus& corpus, double threshold,
-                         size_t max_patch_length) {
-  uint64_t n_patches = 0;
-  size_t current = 0;
-  for (size_t i = 0; i < corpus.signals.size(); ++i) {
-    const bool start =
-        corpus.forced[i] != 0 || current >= max_patch_length || corpus.signals[i] > threshold;
-    if (start) {
-      ++n_patches;
-      current = 1;
-    } else {
-      ++current;
+// Patch lengths from the start flags of consecutive blocks of positions.
+class LengthCollector {
+ public:
+  // Reserves room for the patches of `size` bytes at a mean length of 4 or more, so that the
+  // usual case never copies the lengths while growing.
+  explicit LengthCollector(size_t size) { lengths_.reserve(size / 4 + 1); }
+
+  // Appends the lengths of the patches that end before the starts in flags[0, n), where
+  // flags[i] belongs to position block_begin + i.
+  void add_block(size_t block_begin, const unsigned char* flags, size_t n) {
+    // Gather the start offsets without a branch per byte, then emit one length per start.
+    uint32_t offsets[kFlagBlock];
+    size_t n_starts = 0;
+    for (size_t i = 0; i < n; ++i) {
+      offsets[n_starts] = static_cast<uint32_t>(i);
+      n_starts += flags[i];
+    }
+    for (size_t j = 0; j < n_starts; ++j) {
+      const size_t t = block_begin + offsets[j];
+      if (t > 0) {
+        lengths_.push_back(static_cast<int32_t>(t - previous_start_));
+      }
+      previous_start_ = t;
     }
   }
-  return n_patches == 0 ? 0.0 : static_cast<double>(corpus.n_bytes) / n_patches;
-}
+
+  // Returns the lengths, closing the last patch at `size`.
+  std::vector<int32_t> finish(size_t size) {
+    if (size > 0) {
+      lengths_.push_back(static_cast<int32_t>(size - previous_start_));
+    }
+    return std::move(lengths_);
+  }
+
+ private:
+  std::vector<int32_t> lengths_;
+  size_t previous_start_ = 0;
+};
 
 }  // namespace
 
@@ -140,44 +155,35 @@ Patcher::Patcher(FrequencyTable table, PatcherSettings settings)
   settings_.validate();
 }
 
-template <typename OnByte>
-void Patcher::scan(const uint8_t* data, size_t size, OnByte&& on_byte) const {
-  float block[kScanBlock];
-  float previous_entropy = 0.0f;
-  size_t current_patch_length = 0;
-
-  for (size_t begin = 0; begin < size; begin += kScanBlock) {
-    const size_t end = std::min(size, begin + kScanBlock);
-    table_.entropies_range(data, begin, end, block);
-    for (size_t t = begin; t < end; ++t) {
-      const float entropy = block[t - begin];
-      const bool start =
-          t == 0 || settings_.starts_patch(entropy, previous_entropy, data[t - 1],
-                                           current_patch_length);
-      current_patch_length = start ? 1 : current_patch_length + 1;
-      previous_entropy = entropy;
-      on_byte(t, start);
-    }
+template <typename OnBlock>
+void Patcher::scan(const uint8_t* data, size_t size, OnBlock&& on_block) const {
+  switch (settings_.mode) {
+    case BoundaryMode::global:
+      scan_mode<BoundaryMode::global>(table_, settings_, data, size, on_block);
+      break;
+    case BoundaryMode::relative:
+      scan_mode<BoundaryMode::relative>(table_, settings_, data, size, on_block);
+      break;
+    case BoundaryMode::both:
+      scan_mode<BoundaryMode::both>(table_, settings_, data, size, on_block);
+      break;
   }
 }
 
 void Patcher::patch_start_mask(const uint8_t* data, size_t size, bool* mask) const {
-  scan(data, size, [mask](size_t t, bool start) { mask[t] = start; });
+  scan(data, size, [mask](size_t begin, const unsigned char* starts, size_t n) {
+    for (size_t i = 0; i < n; ++i) {
+      mask[begin + i] = starts[i] != 0;
+    }
+  });
 }
 
 std::vector<int32_t> Patcher::patch_lengths(const uint8_t* data, size_t size) const {
-  std::vector<int32_t> lengths;
-  size_t patch_start = 0;
-  scan(data, size, [&lengths, &patch_start](size_t t, bool start) {
-    if (start && t > 0) {
-      lengths.push_back(static_cast<int32_t>(t - patch_start));
-      patch_start = t;
-    }
+  LengthCollector collector(size);
+  scan(data, size, [&collector](size_t begin, const unsigned char* starts, size_t n) {
+    collector.add_block(begin, starts, n);
   });
-  if (size > 0) {
-    lengths.push_back(static_cast<int32_t>(size - patch_start));
-  }
-  return lengths;
+  return collector.finish(size);
 }
 
 IncrementalPatcher::IncrementalPatcher(Patcher patcher) : patcher_(std::move(patcher)) {
@@ -216,81 +222,6 @@ void IncrementalPatcher::push_bytes(const uint8_t* data, size_t size, bool* mask
     mask[i] = next_starts_patch_;
     push(data[i]);
   }
-}
-
-Calibration calibrate_threshold(const FrequencyTable& table,
-                                const std::vector<ByteSpan>& documents,
-                                double target_mean_patch_length, PatcherSettings settings) {
-  if (!(target_mean_patch_length >= 1.0) || !std::isfinite(target_mean_patch_length)) {
-    throw InvalidInput("target_mean_patch_length must be a finite number >= 1, got " +
-                       std::to_string(target_mean_patch_length));
-  }
-  // The calibrated threshold needs no value yet.
-  if (settings.mode == BoundaryMode::relative) {
-    settings.relative_threshold = 0.0;
-    settings.has_relative_threshold = true;
-  } else {
-    settings.threshold = 0.0;
-  }
-  settings.validate();
-
-  const CalibrationCorpus corpus = prepare_calibration(table, documents, settings);
-  if (corpus.n_bytes == 0) {
-    throw InvalidInput("the calibration corpus is empty");
-  }
-
-  // Candidate thresholds, increasing: below every signal value, halfway between neighbouring
-  // values, above every value. The mean patch length never decreases along them.
-  std::vector<double> values;
-  values.reserve(corpus.signals.size());
-  for (const double signal : corpus.signals) {
-    if (signal != kNeverBoundary) {
-      values.push_back(signal);
-    }
-  }
-  std::sort(values.begin(), values.end());
-  values.erase(std::unique(values.begin(), values.end()), values.end());
-  if (values.empty()) {
-    // No position depends on the threshold.
-    const double threshold = kMaxEntropyBits;
-    return {threshold, mean_patch_length(corpus, threshold, settings.max_patch_length)};
-  }
-  const auto candidate = [&values](size_t i) {
-    if (i == 0) return values.front() - 1.0;
-    if (i == values.size()) return values.back() + 1.0;
-    const double low = values[i - 1];
-    const double high = values[i];
-    const double middle = low + (high - low) / 2.0;
-    return middle > low && middle < high ? middle : low;
-  };
-  const auto mean_at = [&](size_t i) {
-    return mean_patch_length(corpus, candidate(i), settings.max_patch_length);
-  };
-
-  // Smallest candidate whose mean reaches the target, then the closer of it and the one below.
-  size_t low = 0;
-  size_t high = values.size();
-  if (mean_at(high) < target_mean_patch_length) {
-    low = high;
-  }
-  while (low < high) {
-    const size_t middle = low + (high - low) / 2;
-    if (mean_at(middle) >= target_mean_patch_length) {
-      high = middle;
-    } else {
-      low = middle + 1;
-    }
-  }
-  double best_mean = mean_at(low);
-  size_t best = low;
-  if (low > 0) {
-    const double below = mean_at(low - 1);
-    if (std::abs(below - target_mean_patch_length) < std::abs(best_mean - target_mean_patch_length)) {
-      best = low - 1;
-      best_mean = below;
-    }
-  }
-  return {candidate(best), best_mean};
 }
 
 }  // namespace elr

@@ -82,9 +82,10 @@ class Patcher {
   std::vector<int32_t> patch_lengths(const uint8_t* data, size_t size) const;
 
  private:
-  // Calls on_byte(t, starts_patch) for t = 0..size-1 in order.
-  template <typename OnByte>
-  void scan(const uint8_t* data, size_t size, OnByte&& on_byte) const;
+  // Calls on_block(begin, starts, n) for consecutive blocks of positions in order, where
+  // starts[i] is 1 when data[begin + i] starts a patch and 0 otherwise.
+  template <typename OnBlock>
+  void scan(const uint8_t* data, size_t size, OnBlock&& on_block) const;
 
   FrequencyTable table_;
   PatcherSettings settings_;

@@ -38,13 +38,6 @@ size_t builder_max_entries(size_t max_builder_bytes) {
   return slots / 4 * 3;
 }
 
-size_t table_max_contexts(size_t max_table_bytes) {
-  if (max_table_bytes < kMinTableBytes) {
-    return 0;
-  }
-  return (max_table_bytes - kTableFixedBytes) / kTableBytesPerContext;
-}
-
 TableBuilder::TableBuilder(size_t context_length, size_t max_table_bytes,
                            size_t max_builder_bytes)
     : context_length_(context_length),
@@ -196,28 +189,29 @@ FrequencyTable TableBuilder::finalize() const {
     ++stats.distinct;
   }
 
-  // Keep the contexts with the largest totals. A suffix's total is at least its extension's,
-  // and ties keep the shorter context, so every kept context keeps its suffixes.
-  const size_t max_contexts = table_max_contexts(max_table_bytes_);
-  if (contexts.size() <= max_contexts) {
-    for (ContextStats& stats : contexts) {
-      stats.kept = true;
+  // Keep the contexts with the largest totals while their costs fit the budget. A suffix's
+  // total is at least its extension's, and ties rank the shorter context first, so a prefix of
+  // the ranking keeps every kept context's suffixes.
+  std::vector<size_t> ranking(contexts.size());
+  for (size_t i = 0; i < ranking.size(); ++i) {
+    ranking[i] = i;
+  }
+  std::sort(ranking.begin(), ranking.end(), [&contexts](size_t a, size_t b) {
+    const ContextStats& x = contexts[a];
+    const ContextStats& y = contexts[b];
+    if (x.total != y.total) return x.total > y.total;
+    if (x.order != y.order) return x.order < y.order;
+    return x.key < y.key;
+  });
+  const size_t budget = max_table_bytes_ - kTableFixedBytes;
+  size_t used = 0;
+  for (const size_t index : ranking) {
+    const size_t cost = table_bytes_per_context(contexts[index].order);
+    if (used + cost > budget) {
+      break;
     }
-  } else {
-    std::vector<size_t> ranking(contexts.size());
-    for (size_t i = 0; i < ranking.size(); ++i) {
-      ranking[i] = i;
-    }
-    std::sort(ranking.begin(), ranking.end(), [&contexts](size_t a, size_t b) {
-      const ContextStats& x = contexts[a];
-      const ContextStats& y = contexts[b];
-      if (x.total != y.total) return x.total > y.total;
-      if (x.order != y.order) return x.order < y.order;
-      return x.key < y.key;
-    });
-    for (size_t i = 0; i < max_contexts; ++i) {
-      contexts[ranking[i]].kept = true;
-    }
+    used += cost;
+    contexts[index].kept = true;
   }
 
   // Witten-Bell probabilities of each kept context's seen bytes, from shorter to longer

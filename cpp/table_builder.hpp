@@ -17,8 +17,10 @@
 // seen after h, and h' is h without its oldest byte. For an unseen context this equals
 // P(w | h'), so the entropy of a context's longest stored suffix is the exact entropy.
 //
-// Finalizing keeps the contexts with the largest totals (ties: shorter first, then smaller key)
-// up to the byte budget and stores the entropy in bits of each kept context's distribution.
+// Finalizing ranks the contexts by total count (ties: shorter first, then smaller key) and keeps
+// the longest prefix of that ranking whose costs (table_bytes_per_context) fit in
+// max_table_bytes - kTableFixedBytes, then stores the entropy in bits of each kept context's
+// distribution.
 #pragma once
 
 #include <cstddef>
@@ -37,7 +39,7 @@ inline constexpr size_t kDefaultMaxBuilderBytes = size_t{64} << 20;
 
 // Smallest budgets accepted: one context for the table, a count table whose pruning can always
 // make room for the pairs of the next byte.
-inline constexpr size_t kMinTableBytes = kTableFixedBytes + kTableBytesPerContext;
+inline constexpr size_t kMinTableBytes = kTableFixedBytes + kNarrowContextBytes;
 inline constexpr size_t kMinBuilderBytes = 1024;
 
 // One count-table slot.
@@ -46,9 +48,6 @@ inline constexpr size_t kBuilderSlotBytes = 16;
 // Returns the most pairs the count table of `max_builder_bytes` holds: three quarters of its
 // slots, whose number is the largest power of two that fits the budget.
 size_t builder_max_entries(size_t max_builder_bytes);
-
-// Returns the most contexts a finalized table of `max_table_bytes` keeps (counting order 0).
-size_t table_max_contexts(size_t max_table_bytes);
 
 class TableBuilder {
  public:

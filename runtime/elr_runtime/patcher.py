@@ -31,7 +31,6 @@ import logging
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 
@@ -69,8 +68,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-BytesLike = Union[bytes, bytearray, memoryview, np.ndarray]
-PathLike = Union[str, os.PathLike]
+BytesLike = bytes | bytearray | memoryview | np.ndarray
+PathLike = str | os.PathLike
 
 # Bytes read per call while streaming a file: large enough that per-call overhead is negligible,
 # small enough to keep memory flat on a small board.
@@ -105,7 +104,9 @@ def expand_paths(paths: PathLike | Iterable[PathLike]) -> list[Path]:
     return files
 
 
-def iter_file_chunks(path: PathLike, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> Iterator[memoryview]:
+def iter_file_chunks(
+    path: PathLike, chunk_bytes: int = DEFAULT_CHUNK_BYTES
+) -> Iterator[memoryview]:
     """Yield the bytes of a file in chunks of at most ``chunk_bytes``.
 
     Each chunk is a view into one reused buffer, valid only until the next chunk is read.
