@@ -195,6 +195,7 @@ def test_tampered_bundle_in_subprocess(run, tmp_path):
     (["--stop", ""], "--stop must not be empty"),
     (["--precision", "fp16"], "invalid choice"),
     (["--no-such-flag"], "unrecognized arguments"),
+    (["--interactive"], "--prompt and --interactive exclude each other"),
 ])
 def test_invalid_arguments(run, capsys, args, message):
     status = cli.main([str(run.bundle), "--prompt", "x", *args])

@@ -135,6 +135,14 @@ def test_max_bytes_zero_generates_nothing(fp32):
     assert fp32.stats.stop_reason == "max_bytes"
 
 
+def test_second_stream_takes_over_the_generator(fp32):
+    first = fp32.stream_bytes(b"ROMEO:", max_bytes=20)
+    next(first)
+    assert fp32.generate(b"KING:", max_bytes=5)
+    with pytest.raises(RuntimeError, match="another stream"):
+        next(first)
+
+
 def test_stats_after_generation(fp32):
     out = fp32.generate(b"ROMEO:", max_bytes=50)
     stats = fp32.stats

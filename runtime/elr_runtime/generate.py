@@ -12,8 +12,8 @@ at most one unfinished character. A stop sequence delays up to its length minus 
 
 Context policy: there is no context limit. Every graph attends through a sliding window
 (the caches' `window` in the manifest), and the runtime drops cache entries that fall out of
-it (see `elr_runtime.cache`), so a stream of any length runs in bounded memory and the model
-reads only the most recent bytes and patches. A prompt of any length is accepted and
+it (see `elr_runtime.cache`). A stream of any length therefore runs in bounded memory, and
+the model reads only the most recent bytes and patches. A prompt of any length is accepted and
 processed in chunks, so its cost grows linearly with its length.
 """
 
@@ -180,6 +180,7 @@ class Generator:
         self.runner = StepRunner(bundle, self.sessions, self.patch_rule.incremental(),
                                  prefill_chunk)
         self.stats = GenerationStats()
+        self._active_stream: object | None = None  # token of the stream that owns the runner
 
     def stream_bytes(self, prompt: str | bytes, sampling: SamplingSettings | None = None,
                      max_bytes: int = DEFAULT_MAX_BYTES, stop: Sequence[bytes] = (),
@@ -220,6 +221,7 @@ class Generator:
     def _decode(self, data: bytes, sampler: Sampler, matcher: StopMatcher, max_bytes: int,
                 reason: bool, stats: GenerationStats) -> Iterator[bytes]:
         runner = self.runner
+        token = self._active_stream = object()
         start = time.perf_counter()
         try:
             # prompt, and the thought when reasoning
@@ -233,6 +235,10 @@ class Generator:
             # one byte per step
             first_byte_at = None
             for count in range(1, max_bytes + 1):
+                if self._active_stream is not token:
+                    raise RuntimeError("another stream of this Generator started since this one "
+                                       "and took over its state: finish or close a stream "
+                                       "before starting the next, or use one Generator each")
                 step_start = time.perf_counter()
                 next_id = sampler.next_id(logits)
                 if next_id == EOS_ID:

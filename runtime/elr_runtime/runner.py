@@ -122,6 +122,9 @@ class StepRunner:
         starts = [self._next_starts_patch(current, ids[i + 1] if i + 1 < length
                                           else following_id)
                   for i, current in enumerate(ids)]
+        # NOTE: positions grow without bound. The graphs turn them into rotary angles in
+        # float32, so past 2**24 bytes (or patches) neighbouring positions stop being distinct,
+        # and output quality beyond that point is untested.
         position_ids = np.arange(self.position, self.position + length,
                                  dtype=np.int64)[None]  # (1, T)
 

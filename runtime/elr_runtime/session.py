@@ -5,9 +5,9 @@ busy-wait for the next operator instead of sleeping. On small step graphs that b
 and energy for little speed, which matters on a battery or a passively cooled board.
 `SessionConfig(spin=True)` turns it back on.
 
-Opening a session also checks the graph against the bundle: the input and output names and
-element types must be the ones of `elr_runtime.graph_io`, and the fixed cache dimensions
-must match the manifest, so a graph file swapped for another graph is caught before it runs.
+Opening a session also checks the graph against the bundle. The input and output names and
+element types must be those of `elr_runtime.graph_io`, and the fixed cache dimensions must
+match the manifest, so a graph file swapped for another graph is caught before it runs.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ _CACHE_NAMES = frozenset({"past_keys", "past_values", "present_keys", "present_v
 class SessionConfig:
     """onnxruntime settings shared by the sessions of one generator."""
 
-    threads: int = 1  # intra-op threads per session; step graphs are small, see elr-run --help
+    threads: int = 1  # intra-op threads per session; 1 leaves the other cores free
     spin: bool = False  # let idle worker threads busy-wait (faster wake-up, much more CPU time)
     optimization: str = "all"  # graph optimisation level: disable, basic, extended or all
 
