@@ -13,6 +13,9 @@ namespace {
 
 constexpr uint32_t kMaxCount = std::numeric_limits<uint32_t>::max();
 
+// Count-table slots of a new builder (16 KiB).
+constexpr size_t kInitialSlots = 1024;
+
 // Pair counts of one context, found by scanning the sorted pairs.
 struct ContextStats {
   uint64_t key = 0;
@@ -55,7 +58,9 @@ TableBuilder::TableBuilder(size_t context_length, size_t max_table_bytes,
     throw InvalidInput("max_builder_bytes must be at least " + std::to_string(kMinBuilderBytes) +
                        ", got " + std::to_string(max_builder_bytes));
   }
-  slots_.resize(max_entries_ / 3 * 4);
+  // Start small and double up to the budget, so that a builder for a small corpus does not
+  // allocate max_builder_bytes up front.
+  slots_.resize(std::min<size_t>(max_entries_ / 3 * 4, kInitialSlots));
 }
 
 void TableBuilder::begin_document() {
@@ -102,6 +107,17 @@ void TableBuilder::insert_unique(const Entry& entry) {
   ++n_entries_;
 }
 
+void TableBuilder::grow() {
+  std::vector<Entry> old_slots(slots_.size() * 2);
+  old_slots.swap(slots_);
+  n_entries_ = 0;
+  for (const Entry& entry : old_slots) {
+    if (entry.count != 0) {
+      insert_unique(entry);
+    }
+  }
+}
+
 void TableBuilder::prune() {
   // Find the smallest floor f >= 1 that leaves at most half the entry limit above it.
   const size_t target = max_entries_ / 2;
@@ -143,8 +159,11 @@ void TableBuilder::add(const uint8_t* data, size_t size) {
   }
   const size_t k = context_length_;
   for (size_t i = 0; i < size; ++i) {
+    // Room for the k + 1 pairs of this byte: prune at the budget, grow below it.
     if (n_entries_ + k + 1 > max_entries_) {
       prune();
+    } else if (n_entries_ + k + 1 > slots_.size() / 4 * 3) {
+      grow();
     }
     const uint8_t byte = data[i];
     const size_t max_order = static_cast<size_t>(std::min<uint64_t>(position_in_document_, k));

@@ -4,11 +4,13 @@
 // pair (the j bytes before it, the byte) is counted. A document starts with an empty history, so
 // its first bytes only have the shorter contexts that exist.
 //
-// Bounded memory: counts live in one hash table of max_builder_bytes. Before a byte is counted,
-// if the table could pass its entry limit, the rarest pairs are pruned: every pair whose count is
-// at most f, for the smallest f >= 1 that leaves at most half the limit. A pair (context, byte)
-// is never counted more often than (suffix of the context, byte), so pruning keeps every
-// context's shorter suffixes. Counts saturate at 2^32 - 1.
+// Bounded memory: counts live in one hash table that doubles as it fills, up to
+// max_builder_bytes (briefly 1.5 times that while the last doubling copies). Before a byte is
+// counted, if the table could pass its entry limit, the rarest pairs are pruned: every pair
+// whose count is at most f, for the smallest f >= 1 that leaves at most half the limit. A pair
+// (context, byte) is never counted more often than (suffix of the context, byte), so pruning
+// keeps every context's shorter suffixes. Finalizing needs about 1.5 times the memory of the
+// pairs held. Counts saturate at 2^32 - 1.
 //
 // Smoothing: interpolated Witten-Bell with backoff to the context one byte shorter, down to the
 // uniform distribution below order 0:
@@ -88,6 +90,7 @@ class TableBuilder {
   size_t slot_of(uint64_t context, size_t order, uint8_t next_byte) const;
   void count(uint64_t context, size_t order, uint8_t next_byte);
   void prune();
+  void grow();
   void insert_unique(const Entry& entry);
 
   const size_t context_length_;
