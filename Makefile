@@ -19,7 +19,7 @@ $(PY):
 $(INSTALLED): $(PY) pyproject.toml CMakeLists.txt
 	$(PY) -m pip install --quiet torch==2.13.0 $(BUILD_REQS)
 	$(PY) -m pip install --quiet --no-build-isolation \
-		-Ceditable.rebuild=true -Cbuild-dir=build/editable \
+		-Ceditable.rebuild=true -Ceditable.verbose=false -Cbuild-dir=build/editable \
 		-Ccmake.define.ELR_WERROR=ON \
 		-e ".[export,test]"
 	touch $@
