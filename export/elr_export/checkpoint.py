@@ -13,10 +13,12 @@ so an interrupted save never leaves a half-written checkpoint and never destroys
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -216,11 +218,7 @@ def compact_checkpoint(source: str | Path, target: str | Path,
                            training_state=state, weights_dtype=weights_dtype)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """python -m elr_export.checkpoint SOURCE TARGET [--dtype float16|bfloat16|float32]"""
-    import argparse
-    import sys
-
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m elr_export.checkpoint",
         description="Write a compact release copy of a training checkpoint (no optimizer "
@@ -230,7 +228,12 @@ def main(argv: list[str] | None = None) -> int:
                         "checkpoint)")
     parser.add_argument("--dtype", choices=("float16", "bfloat16", "float32"), default="float16",
                         help="storage type of the weights")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """python -m elr_export.checkpoint SOURCE TARGET [--dtype float16|bfloat16|float32]"""
+    args = build_parser().parse_args(argv)
     try:
         out = compact_checkpoint(args.source, args.target, getattr(torch, args.dtype))
     except CheckpointError as err:

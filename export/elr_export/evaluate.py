@@ -59,7 +59,7 @@ def evaluate_bpb(model: ELRModel, docs: Sequence[PatchedDocument], seq_len: int,
     return total_nats / max(total_bytes, 1) / math.log(2)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="elr-eval", description="Report bits per byte, mean patch length and estimated "
         "FLOPs per byte of a checkpoint on text files (each file is one document).")
@@ -70,7 +70,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=16, help="windows per forward pass")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
 
     from elr_export.checkpoint import CheckpointError, load_checkpoint
