@@ -16,6 +16,9 @@ constexpr uint32_t kMaxCount = std::numeric_limits<uint32_t>::max();
 // Count-table slots of a new builder (16 KiB).
 constexpr size_t kInitialSlots = 1024;
 
+// Bytes between the byte whose pairs are prefetched and the byte being counted.
+constexpr size_t kCountLookAhead = 16;
+
 // Pair counts of one context, found by scanning the sorted pairs.
 struct ContextStats {
   uint64_t key = 0;
@@ -74,6 +77,16 @@ size_t TableBuilder::slot_of(uint64_t context, size_t order, uint8_t next_byte) 
   const uint64_t tag = (uint64_t{order} << 8) | next_byte;
   return static_cast<size_t>(mix_bits(context * 0x9e3779b97f4a7c15ULL + tag)) &
          (slots_.size() - 1);
+}
+
+void TableBuilder::prefetch_slot(uint64_t context, size_t order, uint8_t next_byte) const {
+#if defined(__GNUC__) || defined(__clang__)
+  __builtin_prefetch(slots_.data() + slot_of(context, order, next_byte));
+#else
+  (void)context;
+  (void)order;
+  (void)next_byte;
+#endif
 }
 
 void TableBuilder::count(uint64_t context, size_t order, uint8_t next_byte) {
@@ -158,7 +171,24 @@ void TableBuilder::add(const uint8_t* data, size_t size) {
     n_documents_ = 1;
   }
   const size_t k = context_length_;
+
+  // The pairs of byte i + kCountLookAhead are hashed and their slots prefetched while byte i
+  // is counted, so that the counts find their slots in cache. The prefetch is only a hint: a
+  // prune or growth in between moves the slots, and the count rehashes anyway.
+  uint64_t ahead_history = history_;
+  for (size_t i = 0; i < std::min(size, kCountLookAhead); ++i) {
+    ahead_history = (ahead_history << 8) | data[i];
+  }
+
   for (size_t i = 0; i < size; ++i) {
+    if (i + kCountLookAhead < size) {
+      const uint8_t ahead_byte = data[i + kCountLookAhead];
+      for (size_t order = 0; order <= k; ++order) {
+        prefetch_slot(ahead_history & context_mask(order), order, ahead_byte);
+      }
+      ahead_history = (ahead_history << 8) | ahead_byte;
+    }
+
     // Room for the k + 1 pairs of this byte: prune at the budget, grow below it.
     if (n_entries_ + k + 1 > max_entries_) {
       prune();

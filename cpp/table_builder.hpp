@@ -88,6 +88,7 @@ class TableBuilder {
   static_assert(sizeof(Entry) == kBuilderSlotBytes, "a count slot is 16 bytes");
 
   size_t slot_of(uint64_t context, size_t order, uint8_t next_byte) const;
+  void prefetch_slot(uint64_t context, size_t order, uint8_t next_byte) const;
   void count(uint64_t context, size_t order, uint8_t next_byte);
   void prune();
   void grow();

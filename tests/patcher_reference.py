@@ -99,6 +99,21 @@ class ReferenceTable:
         return image + struct.pack("<I", zlib.crc32(image))
 
 
+def table_from_bytes(image: bytes) -> ReferenceTable:
+    """Parse a version-1 file image (assumed valid) into a ReferenceTable."""
+    k = struct.unpack_from("<I", image, 16)[0]
+    counts = struct.unpack_from("<9Q", image, 32)
+    offset = HEADER_BYTES
+    table = ReferenceTable(k, struct.unpack_from("<f", image, offset)[0])
+    offset += 4
+    for order in range(1, k + 1):
+        for _ in range(counts[order]):
+            key = int.from_bytes(image[offset : offset + order], "big")
+            table.contexts[(order, key)] = struct.unpack_from("<f", image, offset + order)[0]
+            offset += order + 4
+    return table
+
+
 class ReferenceBuilder:
     """Counts (context, next byte) pairs with the C++ builder's pruning rule."""
 

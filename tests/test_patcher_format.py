@@ -66,6 +66,11 @@ def test_image_layout(table):
     assert struct.unpack_from("<I", image, len(image) - 4)[0] == zlib.crc32(image[:-4])
 
 
+def test_image_parses_as_reference(table):
+    image = table.to_bytes()
+    assert reference.table_from_bytes(image).to_bytes() == image
+
+
 def test_save_replaces_existing_file(tmp_path, table):
     path = tmp_path / "table.elrt"
     path.write_bytes(b"old content")
