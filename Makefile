@@ -6,7 +6,7 @@ INSTALLED := $(VENV)/.installed
 # Build requirements for the editable install (the same ranges as pyproject.toml).
 BUILD_REQS := "scikit-build-core>=0.10,<2" "nanobind>=2.7,!=2.6.0,<4"
 
-.PHONY: all demo test bench lint clean
+.PHONY: all demo test bench lint stubs clean
 
 all: test
 
@@ -32,6 +32,12 @@ lint: $(INSTALLED)
 
 bench: $(INSTALLED)
 	$(PY) benchmarks/run.py
+
+# Regenerate the type stub of the compiled patcher after changing cpp/bindings.cpp.
+stubs: $(INSTALLED)
+	$(PY) -m nanobind.stubgen -q -P -m elr_runtime._patcher -o runtime/elr_runtime/_patcher.pyi
+	$(VENV)/bin/ruff check -q --fix runtime/elr_runtime/_patcher.pyi
+	$(VENV)/bin/ruff format -q runtime/elr_runtime/_patcher.pyi
 
 # The demo: export the committed default model to an int8 bundle, measuring int8 against fp32
 # on the held-out last 10 % of tinyshakespeare (the part the model never trained on), then
