@@ -47,8 +47,8 @@ static_assert(sizeof(WideSlot) == 12, "a wide slot is 12 bytes");
 
 // Robin Hood linear probing at a load factor below 0.5, built once: a lookup of an absent key
 // stops as soon as it reaches a slot whose key sits closer to its own home slot than the probed
-// key would. Keeping the load at 0.5 keeps most lookups at their first slot, which measured
-// about 1.7 times faster than a load of 0.8.
+// key would. Keeping the load at 0.5 keeps most lookups at their first slot: entropies of
+// enwiki_shortened ran at 113 MB/s against 65 MB/s at a load of 0.8 (one AMD EPYC core).
 template <typename Slot>
 class ContextIndex {
  public:

@@ -24,9 +24,9 @@ inline constexpr double kMaxEntropyBits = 8.0;
 // Contexts of up to kMaxNarrowOrder bytes use 8-byte hash slots, longer ones 12-byte slots.
 inline constexpr size_t kMaxNarrowOrder = 4;
 
-// Memory budget of a finalized table: a fixed part (bookkeeping, and the rounding of each
-// order's slot count) plus a cost per stored context. The hash index has at least twice as
-// many slots as contexts, so a context costs 16 bytes up to order 4 and 24 bytes above.
+// Memory budget of a finalized table: a fixed part (bookkeeping, and two spare slots per
+// order) plus a cost per stored context. The hash index has twice as many slots as contexts,
+// so a context costs 16 bytes up to order 4 and 24 bytes above.
 // TableBuilder keeps contexts while their costs fit in max_table_bytes - kTableFixedBytes.
 inline constexpr size_t kTableFixedBytes = 4096;
 inline constexpr size_t kNarrowContextBytes = 16;
@@ -40,17 +40,6 @@ constexpr size_t table_bytes_per_context(size_t order) {
 // Mask that keeps the `order` most recent bytes of a history word.
 constexpr uint64_t context_mask(size_t order) {
   return order >= kMaxContextLength ? ~uint64_t{0} : (uint64_t{1} << (8 * order)) - 1;
-}
-
-// 64-bit finalizer of MurmurHash3: spreads the few bits that differ between byte contexts over
-// the whole word.
-inline uint64_t mix_bits(uint64_t key) {
-  key ^= key >> 33;
-  key *= 0xff51afd7ed558ccdULL;
-  key ^= key >> 33;
-  key *= 0xc4ceb9fe1a85ec53ULL;
-  key ^= key >> 33;
-  return key;
 }
 
 // Everything a table stores; shared read-only between FrequencyTable handles.

@@ -8,8 +8,8 @@
 //       relative: e[t] - e[t-1] > relative_threshold
 //       both:     e[t] > threshold AND e[t] - e[t-1] > relative_threshold, so that a long
 //                 stretch of hard bytes starts one patch where it begins, not one per byte.
-// Every rule reads only bytes before t, so the decision for byte t is known before byte t is:
-// the incremental patcher uses the same rule while generating.
+// Every rule reads only bytes before t, so the decision for byte t is known before byte t
+// arrives, and the incremental patcher applies the same rule while generating.
 #pragma once
 
 #include <array>
@@ -147,7 +147,7 @@ struct ByteSpan {
 // and in both mode settings.threshold with settings.relative_threshold held fixed. The result
 // lies halfway between two neighbouring values of the calibrated signal, so it does not sit on
 // a value that occurs. Throws InvalidInput when the target is below 1 or the settings are
-// invalid. Memory: about 9 bytes per corpus byte.
+// invalid. Memory: 9 bytes per corpus byte, plus 4 per byte of the largest document.
 Calibration calibrate_threshold(const FrequencyTable& table,
                                 const std::vector<ByteSpan>& documents,
                                 double target_mean_patch_length, PatcherSettings settings);

@@ -13,6 +13,17 @@ namespace {
 
 constexpr uint32_t kMaxCount = std::numeric_limits<uint32_t>::max();
 
+// 64-bit finalizer of MurmurHash3: spreads the few bits that differ between byte contexts over
+// the whole word.
+uint64_t mix_bits(uint64_t key) {
+  key ^= key >> 33;
+  key *= 0xff51afd7ed558ccdULL;
+  key ^= key >> 33;
+  key *= 0xc4ceb9fe1a85ec53ULL;
+  key ^= key >> 33;
+  return key;
+}
+
 // Count-table slots of a new builder (16 KiB).
 constexpr size_t kInitialSlots = 1024;
 
