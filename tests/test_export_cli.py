@@ -261,9 +261,15 @@ def test_bad_option_rejected(checkpoint, tmp_path, args, fragment):
     assert not out.exists()
 
 
-def test_checkpoint_without_latent_count_needs_option(checkpoint, tmp_path):
-    result = run_cli([checkpoint, "--out", tmp_path / "bundle", "--precision", "fp32"])
-    assert_one_line_error(result, "pass --latent-steps N")
+def test_latent_count_falls_back_with_note(checkpoint, tmp_path):
+    out = tmp_path / "bundle"
+    result = run_cli([checkpoint, "--out", out, "--precision", "fp32",
+                      "--exporter", "torchscript"])
+    assert result.code == 0, result.stderr
+    manifest = json.loads((out / MANIFEST_NAME).read_text())
+    assert manifest["n_latent_steps"] == export_cli.DEFAULT_LATENT_STEPS
+    assert manifest["parity"]["latent_steps_in_graph"] == export_cli.DEFAULT_LATENT_STEPS
+    assert "records no n_latent_steps" in result.stdout
 
 
 def test_empty_eval_text_rejected(checkpoint, tmp_path):

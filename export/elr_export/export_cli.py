@@ -50,6 +50,8 @@ logger = logging.getLogger(__name__)
 # Each latent step unrolls one more copy of the global layers into the latent loop graph,
 # so graph size and export time grow linearly; 64 is far above any curriculum's step count.
 MAX_LATENT_STEPS = 64
+# Latent steps exported when neither --latent-steps nor the checkpoint gives a count.
+DEFAULT_LATENT_STEPS = 4
 # Fewer bytes than this measure top-1 agreement in steps coarser than 0.4 %, too coarse for
 # a 97 % gate.
 MIN_EVAL_BYTES = 256
@@ -163,15 +165,21 @@ def read_eval_text(path: Path, max_bytes: int) -> bytes:
     return data
 
 
-def resolve_latent_steps(requested: int | None, training_state: dict[str, Any]) -> int:
-    """Return --latent-steps, or the count the checkpoint was trained with."""
+def resolve_latent_steps(requested: int | None,
+                         training_state: dict[str, Any]) -> tuple[int, str | None]:
+    """Return the latent step count to export and a warning when it is a fallback.
+
+    The count is --latent-steps, else the "n_latent_steps" of the checkpoint's training
+    state, else DEFAULT_LATENT_STEPS.
+    """
     if requested is not None:
-        return requested
+        return requested, None
     trained = training_state.get("n_latent_steps")
     if isinstance(trained, int) and 1 <= trained <= MAX_LATENT_STEPS:
-        return trained
-    raise ExportError("the checkpoint does not record n_latent_steps: pass --latent-steps N "
-                      f"(1 to {MAX_LATENT_STEPS})")
+        return trained, None
+    return DEFAULT_LATENT_STEPS, (f"the checkpoint records no n_latent_steps, so the latent loop "
+                                  f"runs {DEFAULT_LATENT_STEPS} steps: pass --latent-steps N to "
+                                  "choose")
 
 
 # -- the export -------------------------------------------------------------------------------
@@ -198,8 +206,8 @@ def run_export(options: ExportOptions, progress: Progress | None = None) -> Expo
 
     with progress.step(f"load checkpoint {options.checkpoint}") as note:
         checkpoint = load_checkpoint(options.checkpoint)
-        n_latent_steps = resolve_latent_steps(options.n_latent_steps,
-                                              checkpoint.training_state)
+        n_latent_steps, latent_warning = resolve_latent_steps(options.n_latent_steps,
+                                                              checkpoint.training_state)
         rule = checkpoint.patch_rule()
         model = checkpoint.model.eval()
         note["text"] = f"{model.n_params() / 1e6:.2f} M parameters, {rule.mode} patching"
@@ -208,6 +216,8 @@ def run_export(options: ExportOptions, progress: Progress | None = None) -> Expo
     try:
         manifest, warnings = _export_into(staging, options, checkpoint, n_latent_steps, rule,
                                           eval_data, progress)
+        if latent_warning is not None:
+            warnings.insert(0, latent_warning)
         with progress.step(f"write bundle {options.out}"):
             manifest = write_manifest(staging, manifest)
             sizes = {p.name: p.stat().st_size for p in sorted(staging.iterdir())}
@@ -239,7 +249,8 @@ def _export_into(staging: Path, options: ExportOptions, checkpoint: Any, n_laten
     # every graph against PyTorch, then the whole loop
     with progress.step("check fp32 graphs against PyTorch") as note:
         parity.check_io_names(fp32_sessions)
-        parity.check_latent_count(fp32_sessions, model.config, n_latent_steps)
+        latent_steps_in_graph = parity.check_latent_count(fp32_sessions, model.config,
+                                                          n_latent_steps)
         graph_results = parity.check_all_graphs(model, fp32_sessions, n_latent_steps)
         worst = max(graph_results.values(), key=lambda r: r.max_abs_diff)
         note["text"] = f"max abs diff {worst.max_abs_diff:.1e} ({worst.graph})"
@@ -308,7 +319,7 @@ def _export_into(staging: Path, options: ExportOptions, checkpoint: Any, n_laten
     parity_section = {
         "fp32_tolerance": parity.FP32_TOLERANCE,
         "graphs": parity.graph_parity_dict(graph_results),
-        "latent_steps_in_graph": n_latent_steps,
+        "latent_steps_in_graph": latent_steps_in_graph,
         "loop": {"bytes": len(loop_text), "max_abs_diff": float(f"{loop_diff:.3g}"),
                  "greedy_bytes": len(from_torch), "greedy_equal": from_graphs == from_torch},
         "eval_text": None if eval_data is None else {
@@ -416,7 +427,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--latent-steps", type=int, default=None, dest="n_latent_steps",
                         metavar="N",
                         help=f"latent reasoning steps unrolled into the latent loop graph, 1 to "
-                             f"{MAX_LATENT_STEPS} (default: the count recorded in the checkpoint)")
+                             f"{MAX_LATENT_STEPS} (default: the count recorded in the checkpoint, "
+                             f"else {DEFAULT_LATENT_STEPS})")
     parser.add_argument("--precision", choices=("fp32", "int8", "both"), default="both",
                         help="graph precisions to ship (default: both)")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, metavar="N",
