@@ -162,8 +162,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--target",
         type=float,
-        default=4.0,
-        help="target mean patch length in bytes for calibration (default: 4.0)",
+        default=4.5,
+        help="target mean patch length in bytes for calibration (default: 4.5, as in elr-train)",
     )
     parser.add_argument(
         "--max-patch-length", type=int, default=16, help="max_patch_length in bytes (default: 16)"
