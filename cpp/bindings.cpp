@@ -62,7 +62,7 @@ class BufferInfo {
 };
 
 // Returns `object` as a borrowed byte array, or raises a TypeError (wrong type or element type)
-// or ValueError (wrong layout) that says what was received.
+// or ValueError (wrong layout) that names what was received.
 ByteArray require_bytes(nb::handle object, const char* argument) {
   ByteArray array;
   if (nb::try_cast(object, array, false)) {
@@ -217,7 +217,7 @@ PatcherSettings settings_from_dict(const nb::dict& values) {
   }
   for (const char* name : kSettingKeys) {
     if (!values.contains(name)) {
-      throw InvalidInput(std::string("patcher settings miss '") + name +
+      throw InvalidInput(std::string("patcher settings are missing '") + name +
                          "': store the whole dict returned by Patcher.settings()");
     }
   }

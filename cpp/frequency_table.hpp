@@ -136,8 +136,8 @@ class FrequencyTable {
   // loads (64 measured faster than 16, 32 or 128 on an 8 MB table). A power of two.
   static constexpr size_t kLookAhead = 64;
 
-  // for_each_entropy() over positions first..end-1, which all have k bytes of context;
-  // `history` holds the bytes before `first`.
+  // for_each_entropy() over positions first..end-1, which all have k bytes of context.
+  // `history` contains the bytes before `first`.
   template <typename Slot, typename OnEntropy>
   void for_each_full_context(const ContextIndex<Slot>& longest, const uint8_t* data,
                              size_t first, size_t end, uint64_t history,

@@ -15,7 +15,7 @@ constexpr size_t kFlagBlock = 256;
 
 // Patcher::scan for one mode. The rule is PatcherSettings::starts_patch written with
 // non-short-circuit operators and arithmetic, so that the compiler avoids a mispredicted branch
-// per byte; it runs inside the lookup loop, which measured faster than a separate pass over
+// per byte. It runs inside the lookup loop, which measured faster than a separate pass over
 // blocks of entropies.
 template <BoundaryMode kMode, typename OnBlock>
 void scan_mode(const FrequencyTable& table, const PatcherSettings& settings,

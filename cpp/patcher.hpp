@@ -97,7 +97,7 @@ class IncrementalPatcher {
  public:
   explicit IncrementalPatcher(Patcher patcher);
 
-  // Returns whether the next byte pushed will start a patch. Known before that byte is.
+  // Returns whether the next byte pushed will start a patch, before that byte is known.
   bool next_starts_patch() const { return next_starts_patch_; }
 
   // Returns the entropy in bits that predicts the next byte.
@@ -142,7 +142,7 @@ struct ByteSpan {
 };
 
 // Returns the threshold that makes the mean patch length over `documents` (each patched on its
-// own) closest to target_mean_patch_length; the mean never decreases as the threshold rises.
+// own) closest to target_mean_patch_length. The mean never decreases as the threshold rises.
 // In global mode it calibrates settings.threshold, in relative mode settings.relative_threshold,
 // and in both mode settings.threshold with settings.relative_threshold held fixed. The result
 // lies halfway between two neighbouring values of the calibrated signal, so it does not sit on

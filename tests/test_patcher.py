@@ -403,7 +403,7 @@ def test_from_settings_rejects_invalid(text_table, change, message):
 def test_from_settings_rejects_missing_key(text_table):
     settings_dict = Patcher(text_table).settings()
     del settings_dict["mode"]
-    with pytest.raises(ValueError, match="miss 'mode'"):
+    with pytest.raises(ValueError, match="missing 'mode'"):
         Patcher.from_settings(text_table, settings_dict)
 
 

@@ -1,7 +1,7 @@
 """Entropy patcher: where one patch of bytes ends and the next begins.
 
-The compiled classes come from the C++ module ``elr_runtime._patcher``; this module re-exports
-them and adds corpus helpers (training a table from files or globs, threshold calibration).
+This module re-exports the compiled classes of the C++ module ``elr_runtime._patcher`` and adds
+corpus helpers: training a table from files or globs, and threshold calibration.
 
 Entropies are in bits everywhere. A ``FrequencyTable`` stores, for every kept context of up to
 k bytes, the entropy of the next-byte distribution smoothed with interpolated Witten-Bell and
@@ -81,9 +81,9 @@ _GLOB_CHARACTERS = frozenset("*?[")
 def expand_paths(paths: PathLike | Iterable[PathLike]) -> list[Path]:
     """Expand file paths and glob patterns into a list of files, in the order given.
 
-    An existing path is taken as it is; otherwise a string with ``*``, ``?`` or ``[`` is a glob
-    pattern (``**`` recurses) whose matches are sorted. Raises FileNotFoundError for a missing
-    path or a pattern that matches no file.
+    An existing path is taken as it is. Otherwise a string with ``*``, ``?`` or ``[`` is a glob
+    pattern (``**`` recurses), whose matching files are taken in sorted order. Raises
+    FileNotFoundError for a missing path or a pattern that matches no file.
     """
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
