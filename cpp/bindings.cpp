@@ -307,10 +307,11 @@ NB_MODULE(_patcher, m) {
                    "numpy.typing.NDArray[numpy.uint8]) -> numpy.typing.NDArray[numpy.float32]"),
            "Return float32 entropies in bits, shape (len(data),): element t predicts data[t] "
            "from data[max(0, t-k):t], as at the start of a document.")
-      .def("save", &save_table, "path"_a,
+      .def("save", &save_table, "path"_a, nb::call_guard<nb::gil_scoped_release>(),
            "Write the table to path (written to path + '.partial', then renamed). Raises "
            "OSError.")
       .def_static("load", &load_table, "path"_a, "max_bytes"_a = kDefaultMaxTableFileBytes,
+                  nb::call_guard<nb::gil_scoped_release>(),
                   "Read and validate a table file. Raises OSError when it cannot be read and "
                   "ValueError when it is invalid or larger than max_bytes.")
       .def("to_bytes", &table_image, "Return the file image of the table.")
