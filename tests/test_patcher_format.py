@@ -151,6 +151,18 @@ def test_unsorted_contexts_rejected():
         FrequencyTable.from_bytes(with_checksum(bytes(image)))
 
 
+def test_colliding_keys_rejected():
+    # Keys k * C = base + i (mod 2**64) share the high 32 bits that Fibonacci hashing uses, so
+    # all land on one home slot.
+    multiplier = 0x9E3779B97F4A7C15
+    inverse = pow(multiplier, -1, 2**64)
+    base = 0x1234567800000000
+    keys = sorted(((base + i) * inverse) % 2**64 for i in range(1100))
+    crafted = reference.ReferenceTable(8, 1.0, {(8, key): 1.0 for key in keys})
+    with pytest.raises(ValueError, match="too many context keys that hash to nearby slots"):
+        FrequencyTable.from_bytes(crafted.to_bytes())
+
+
 def test_bad_magic_rejected(table):
     crafted = b"NOTATABL" + table.to_bytes()[8:]
     with pytest.raises(ValueError, match="not a frequency table file"):
