@@ -230,8 +230,8 @@ def test_int8_files_much_smaller(exported):
 
 def test_int8_close_to_fp32_on_held_out_text(exported, texts):
     rule = exported.rules["fixed"]
-    fp32 = parity.measure_text(exported.fp32, exported.model.config, texts.held_out, rule, 16)
-    int8 = parity.measure_text(exported.int8, exported.model.config, texts.held_out, rule, 16)
+    fp32 = parity.measure_text(exported.fp32, exported.model.config, texts.held_out, rule)
+    int8 = parity.measure_text(exported.int8, exported.model.config, texts.held_out, rule)
     gate = parity.int8_gate(fp32, int8, len(texts.held_out))
     # the trained model is far better than chance (8.04 bits per byte)
     assert fp32.bpb < 5.0

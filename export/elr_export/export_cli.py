@@ -295,16 +295,22 @@ def _export_into(staging: Path, options: ExportOptions, checkpoint: Any, n_laten
     text_parity: dict[str, Any] = {"fp32": None, "int8": None, "int8_gate": None}
     if eval_data is not None:
         with progress.step(f"measure on {len(eval_data)} bytes of held-out text") as note:
-            fp32 = parity.measure_text(fp32_sessions, model.config, eval_data, rule)
-            text_parity["fp32"] = fp32.to_dict()
-            note["text"] = f"fp32 {fp32.bpb:.3f} bpb"
+            sessions = {"fp32": fp32_sessions}
             if int8_paths:
-                int8 = parity.measure_text(parity.open_sessions(int8_paths), model.config,
-                                           eval_data, rule)
-                gate = parity.int8_gate(fp32, int8, len(eval_data))
-                text_parity["int8"] = int8.to_dict()
+                sessions["int8"] = parity.open_sessions(int8_paths)
+            results = {precision: parity.measure_text(s, model.config, eval_data, rule)
+                       for precision, s in sessions.items()}
+            timings = parity.compare_decode_times(
+                {p: parity.OnnxStepper(s, model.config) for p, s in sessions.items()},
+                eval_data, rule)
+            for precision, result in results.items():
+                result.decode_ms_per_byte = timings[precision]
+                text_parity[precision] = result.to_dict()
+            note["text"] = f"fp32 {results['fp32'].bpb:.3f} bpb"
+            if "int8" in results:
+                gate = parity.int8_gate(results["fp32"], results["int8"], len(eval_data))
                 text_parity["int8_gate"] = gate
-                note["text"] += (f", int8 {int8.bpb:.3f} bpb, top-1 agreement "
+                note["text"] += (f", int8 {results['int8'].bpb:.3f} bpb, top-1 agreement "
                                  f"{gate['top1_agreement']:.1%}")
         if text_parity["int8_gate"] is not None:
             warnings += _int8_warnings(text_parity, options.keep_failed_int8)

@@ -330,24 +330,37 @@ def decode_ms_per_byte(stepper: OnnxStepper, data: bytes, rule: PatchRule,
     return (time.perf_counter() - start) * 1000.0 / max(1, len(ids) - warmup)
 
 
-@dataclass(frozen=True)
+@dataclass
 class TextParity:
     """Figures of one precision on the held-out text."""
 
     bpb: float
-    decode_ms_per_byte: float
-    logits: np.ndarray
+    logits: np.ndarray  # (len(text) + 1, vocab_size)
+    decode_ms_per_byte: float = math.nan  # filled in by `compare_decode_times`
 
     def to_dict(self) -> dict[str, Any]:
         return {"bpb": round(self.bpb, 5), "decode_ms_per_byte": round(self.decode_ms_per_byte, 4)}
 
 
 def measure_text(sessions: Mapping[str, ort.InferenceSession], config: ModelConfig,
-                 data: bytes, rule: PatchRule, timing_bytes: int = 128) -> TextParity:
-    stepper = OnnxStepper(sessions, config)
-    logits = text_logits(stepper, data, rule)
-    ms = decode_ms_per_byte(stepper, data, rule, timing_bytes)
-    return TextParity(bits_per_byte(logits, data), ms, logits)
+                 data: bytes, rule: PatchRule) -> TextParity:
+    """Run `data` through the graphs and return its bits per byte and logits."""
+    logits = text_logits(OnnxStepper(sessions, config), data, rule)
+    return TextParity(bits_per_byte(logits, data), logits)
+
+
+def compare_decode_times(steppers: Mapping[str, OnnxStepper], data: bytes, rule: PatchRule,
+                         n_bytes: int = 128, repeats: int = 3) -> dict[str, float]:
+    """Time every stepper on the same bytes and return the best ms per byte of each.
+
+    The runs alternate between steppers, so a change in load from other processes affects
+    all of them alike, and the best of `repeats` runs discards most of that noise.
+    """
+    best = {name: math.inf for name in steppers}
+    for _ in range(repeats):
+        for name, stepper in steppers.items():
+            best[name] = min(best[name], decode_ms_per_byte(stepper, data, rule, n_bytes))
+    return best
 
 
 def int8_gate(fp32: TextParity, int8: TextParity, n_bytes: int) -> dict[str, Any]:
