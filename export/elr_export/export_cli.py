@@ -26,6 +26,7 @@ import onnx
 import onnxruntime as ort
 import torch
 
+from elr_export import parity
 from elr_export.bundle import (
     BundleError,
     build_manifest,
@@ -35,6 +36,9 @@ from elr_export.bundle import (
     discard_staging,
     write_manifest,
 )
+from elr_export.checkpoint import Checkpoint, CheckpointError, load_checkpoint
+from elr_export.config import ModelConfig
+from elr_export.model import ELRModel
 from elr_export.onnx_export import (
     DEFAULT_EXPORTER,
     DEFAULT_OPSET,
@@ -44,6 +48,7 @@ from elr_export.onnx_export import (
 )
 from elr_export.quantize import QuantizationSettings, quantize_graph
 from elr_runtime.graph_io import GRAPH_NAMES, TABLE_NAME, graph_filename
+from elr_runtime.patching import PatchRule
 
 logger = logging.getLogger(__name__)
 
@@ -196,8 +201,6 @@ def count_steps(options: ExportOptions) -> int:
 
 def run_export(options: ExportOptions, progress: Progress | None = None) -> ExportResult:
     """Export, check and write a bundle; raise ExportError, CheckpointError or BundleError."""
-    from elr_export.checkpoint import load_checkpoint
-
     check_options(options)
     eval_data = (read_eval_text(options.eval_text, options.eval_bytes)
                  if options.eval_text is not None else None)
@@ -228,90 +231,36 @@ def run_export(options: ExportOptions, progress: Progress | None = None) -> Expo
     return ExportResult(options.out, manifest, sizes, time.perf_counter() - started, warnings)
 
 
-def _export_into(staging: Path, options: ExportOptions, checkpoint: Any, n_latent_steps: int,
-                 rule: Any, eval_data: bytes | None,
+def _export_into(staging: Path, options: ExportOptions, checkpoint: Checkpoint,
+                 n_latent_steps: int, rule: PatchRule, eval_data: bytes | None,
                  progress: Progress) -> tuple[dict[str, Any], list[str]]:
     """Write graphs and table into `staging`; return the manifest draft and warnings."""
-    from elr_export import parity
-
     model = checkpoint.model
     warnings: list[str] = []
 
-    # fp32 graphs
+    # fp32 graphs, each checked against PyTorch, then the whole decoding loop
     fp32_paths = {}
     for graph in GRAPH_NAMES:
         with progress.step(f"export {graph}"):
-            path = staging / graph_filename(graph, "fp32")
-            export_graph(model, graph, path, options.opset, n_latent_steps, options.exporter)
-            fp32_paths[graph] = path
+            fp32_paths[graph] = staging / graph_filename(graph, "fp32")
+            export_graph(model, graph, fp32_paths[graph], options.opset, n_latent_steps,
+                         options.exporter)
     fp32_sessions = parity.open_sessions(fp32_paths)
-
-    # every graph against PyTorch, then the whole loop
-    with progress.step("check fp32 graphs against PyTorch") as note:
-        parity.check_io_names(fp32_sessions)
-        latent_steps_in_graph = parity.check_latent_count(fp32_sessions, model.config,
-                                                          n_latent_steps)
-        graph_results = parity.check_all_graphs(model, fp32_sessions, n_latent_steps)
-        worst = max(graph_results.values(), key=lambda r: r.max_abs_diff)
-        note["text"] = f"max abs diff {worst.max_abs_diff:.1e} ({worst.graph})"
-        if not worst.passed:
-            raise ExportError(f"fp32 {worst.graph} differs from PyTorch by "
-                              f"{worst.max_abs_diff:.2e} > {parity.FP32_TOLERANCE:g} at "
-                              f"{worst.worst_case}: the export is wrong, report it")
-    with progress.step("check the decoding loop against PyTorch") as note:
-        loop_text = (eval_data or _SAMPLE_TEXT)[:LOOP_CHECK_BYTES]
-        loop_diff = parity.check_sequence(model, fp32_sessions, rule, loop_text)
-        from_graphs, from_torch = parity.check_greedy(model, fp32_sessions, rule,
-                                                      loop_text[:32], GREEDY_CHECK_BYTES)
-        note["text"] = (f"logits max abs diff {loop_diff:.1e}, greedy "
-                        f"{'equal' if from_graphs == from_torch else 'DIFFERENT'}")
-        if not loop_diff <= parity.FP32_TOLERANCE:
-            raise ExportError(f"fp32 decoding loop logits differ from PyTorch by {loop_diff:.2e}"
-                              f" > {parity.FP32_TOLERANCE:g}: the export is wrong, report it")
-        if from_graphs != from_torch:
-            raise ExportError(f"greedy generation through ONNX gives {from_graphs[:16]!r}..., "
-                              f"PyTorch gives {from_torch[:16]!r}...: the export is wrong, "
-                              "report it")
+    parity_section = _check_graphs(model, fp32_sessions, n_latent_steps, progress)
+    parity_section["loop"] = _check_loop(model, fp32_sessions, rule, eval_data, progress)
 
     # int8 graphs
     quantization = None
-    int8_paths = {}
+    int8_paths: dict[str, Path] = {}
     if "int8" in options.precisions:
-        with progress.step("quantize to int8") as note:
-            report = {}
-            for graph in GRAPH_NAMES:
-                int8_paths[graph] = staging / graph_filename(graph, "int8")
-                report[graph] = quantize_graph(fp32_paths[graph], int8_paths[graph],
-                                               options.quantization)
-            quantization = options.quantization.to_dict()
-            quantization["quantized_nodes"] = {g: len(r.quantized_nodes)
-                                               for g, r in report.items()}
-            quantization["fp32_weight_nodes"] = {g: list(r.fp32_nodes) for g, r in report.items()}
-            fp32_bytes = sum(p.stat().st_size for p in fp32_paths.values())
-            int8_bytes = sum(p.stat().st_size for p in int8_paths.values())
-            note["text"] = f"{int8_bytes / fp32_bytes:.2f}x the fp32 size"
+        int8_paths = {g: staging / graph_filename(g, "int8") for g in GRAPH_NAMES}
+        quantization = _quantize(fp32_paths, int8_paths, options.quantization, progress)
 
     # held-out text: bits per byte, top-1 agreement and decode time
     text_parity: dict[str, Any] = {"fp32": None, "int8": None, "int8_gate": None}
     if eval_data is not None:
-        with progress.step(f"measure on {len(eval_data)} bytes of held-out text") as note:
-            sessions = {"fp32": fp32_sessions}
-            if int8_paths:
-                sessions["int8"] = parity.open_sessions(int8_paths)
-            results = {precision: parity.measure_text(s, model.config, eval_data, rule)
-                       for precision, s in sessions.items()}
-            timings = parity.compare_decode_times(
-                {p: parity.OnnxStepper(s, model.config) for p, s in sessions.items()},
-                eval_data, rule)
-            for precision, result in results.items():
-                result.decode_ms_per_byte = timings[precision]
-                text_parity[precision] = result.to_dict()
-            note["text"] = f"fp32 {results['fp32'].bpb:.3f} bpb"
-            if "int8" in results:
-                gate = parity.int8_gate(results["fp32"], results["int8"], len(eval_data))
-                text_parity["int8_gate"] = gate
-                note["text"] += (f", int8 {results['int8'].bpb:.3f} bpb, top-1 agreement "
-                                 f"{gate['top1_agreement']:.1%}")
+        text_parity = _measure_text(model.config, fp32_sessions, int8_paths, eval_data, rule,
+                                    progress)
         if text_parity["int8_gate"] is not None:
             warnings += _int8_warnings(text_parity, options.keep_failed_int8)
 
@@ -322,26 +271,101 @@ def _export_into(staging: Path, options: ExportOptions, checkpoint: Any, n_laten
     if checkpoint.table is not None:
         shutil.copyfile(Path(checkpoint.path) / TABLE_NAME, staging / TABLE_NAME)
 
-    parity_section = {
-        "fp32_tolerance": parity.FP32_TOLERANCE,
-        "graphs": parity.graph_parity_dict(graph_results),
-        "latent_steps_in_graph": latent_steps_in_graph,
-        "loop": {"bytes": len(loop_text), "max_abs_diff": float(f"{loop_diff:.3g}"),
-                 "greedy_bytes": len(from_torch), "greedy_equal": from_graphs == from_torch},
-        "eval_text": None if eval_data is None else {
-            "name": options.eval_text.name if options.eval_text else None,
-            "bytes": len(eval_data),
-            "sha256": hashlib.sha256(eval_data).hexdigest(),
-        },
-        "timing_threads": 1,
-        **text_parity,
+    parity_section.update(text_parity)
+    parity_section["eval_text"] = None if eval_data is None else {
+        "name": options.eval_text.name if options.eval_text else None,
+        "bytes": len(eval_data),
+        "sha256": hashlib.sha256(eval_data).hexdigest(),
     }
+    parity_section["timing_threads"] = 1
     manifest = build_manifest(
         model.config, checkpoint.patcher_settings, checkpoint.table is not None,
         n_latent_steps, options.precisions, quantization, parity_section, options.opset)
     manifest["export"] = {"exporter": options.exporter, "torch": torch.__version__,
                           "onnx": onnx.__version__, "onnxruntime": ort.__version__}
     return manifest, warnings
+
+
+def _check_graphs(model: ELRModel, sessions: dict[str, ort.InferenceSession],
+                  n_latent_steps: int, progress: Progress) -> dict[str, Any]:
+    """Check names, latent step count and outputs of every fp32 graph against PyTorch."""
+    with progress.step("check fp32 graphs against PyTorch") as note:
+        parity.check_io_names(sessions)
+        latent_steps_in_graph = parity.check_latent_count(sessions, model.config,
+                                                          n_latent_steps)
+        results = parity.check_all_graphs(model, sessions, n_latent_steps)
+        worst = max(results.values(), key=lambda r: r.max_abs_diff)
+        note["text"] = f"max abs diff {worst.max_abs_diff:.1e} ({worst.graph})"
+        if not worst.passed:
+            raise ExportError(f"fp32 {worst.graph} differs from PyTorch by "
+                              f"{worst.max_abs_diff:.2e} > {parity.FP32_TOLERANCE:g} at "
+                              f"{worst.worst_case}: the export is wrong, report it")
+    return {
+        "fp32_tolerance": parity.FP32_TOLERANCE,
+        "graphs": parity.graph_parity_dict(results),
+        "latent_steps_in_graph": latent_steps_in_graph,
+    }
+
+
+def _check_loop(model: ELRModel, sessions: dict[str, ort.InferenceSession], rule: PatchRule,
+                eval_data: bytes | None, progress: Progress) -> dict[str, Any]:
+    """Compare logits over a text and greedy bytes of the ONNX loop with PyTorch."""
+    with progress.step("check the decoding loop against PyTorch") as note:
+        loop_text = (eval_data or _SAMPLE_TEXT)[:LOOP_CHECK_BYTES]
+        loop_diff = parity.check_sequence(model, sessions, rule, loop_text)
+        from_graphs, from_torch = parity.check_greedy(model, sessions, rule, loop_text[:32],
+                                                      GREEDY_CHECK_BYTES)
+        note["text"] = (f"logits max abs diff {loop_diff:.1e}, greedy "
+                        f"{'equal' if from_graphs == from_torch else 'DIFFERENT'}")
+        if not loop_diff <= parity.FP32_TOLERANCE:
+            raise ExportError(f"fp32 decoding loop logits differ from PyTorch by {loop_diff:.2e}"
+                              f" > {parity.FP32_TOLERANCE:g}: the export is wrong, report it")
+        if from_graphs != from_torch:
+            raise ExportError(f"greedy generation through ONNX gives {from_graphs[:16]!r}..., "
+                              f"PyTorch gives {from_torch[:16]!r}...: the export is wrong, "
+                              "report it")
+    return {"bytes": len(loop_text), "max_abs_diff": float(f"{loop_diff:.3g}"),
+            "greedy_bytes": len(from_torch), "greedy_equal": True}
+
+
+def _quantize(fp32_paths: dict[str, Path], int8_paths: dict[str, Path],
+              settings: QuantizationSettings, progress: Progress) -> dict[str, Any]:
+    """Quantize every graph; return the manifest's quantization section."""
+    with progress.step("quantize to int8") as note:
+        reports = {g: quantize_graph(fp32_paths[g], int8_paths[g], settings)
+                   for g in GRAPH_NAMES}
+        fp32_bytes = sum(p.stat().st_size for p in fp32_paths.values())
+        int8_bytes = sum(p.stat().st_size for p in int8_paths.values())
+        note["text"] = f"{int8_bytes / fp32_bytes:.2f}x the fp32 size"
+    section = settings.to_dict()
+    section["quantized_nodes"] = {g: len(r.quantized_nodes) for g, r in reports.items()}
+    section["fp32_weight_nodes"] = {g: list(r.fp32_nodes) for g, r in reports.items()}
+    return section
+
+
+def _measure_text(config: ModelConfig, fp32_sessions: dict[str, ort.InferenceSession],
+                  int8_paths: dict[str, Path], eval_data: bytes, rule: PatchRule,
+                  progress: Progress) -> dict[str, Any]:
+    """Measure bits per byte and decode time of each precision, and the int8 gate."""
+    text_parity: dict[str, Any] = {"fp32": None, "int8": None, "int8_gate": None}
+    with progress.step(f"measure on {len(eval_data)} bytes of held-out text") as note:
+        sessions = {"fp32": fp32_sessions}
+        if int8_paths:
+            sessions["int8"] = parity.open_sessions(int8_paths)
+        results = {precision: parity.measure_text(s, config, eval_data, rule)
+                   for precision, s in sessions.items()}
+        timings = parity.compare_decode_times(
+            {p: parity.OnnxStepper(s, config) for p, s in sessions.items()}, eval_data, rule)
+        for precision, result in results.items():
+            result.decode_ms_per_byte = timings[precision]
+            text_parity[precision] = result.to_dict()
+        note["text"] = f"fp32 {results['fp32'].bpb:.3f} bpb"
+        if "int8" in results:
+            gate = parity.int8_gate(results["fp32"], results["int8"], len(eval_data))
+            text_parity["int8_gate"] = gate
+            note["text"] += (f", int8 {results['int8'].bpb:.3f} bpb, top-1 agreement "
+                             f"{gate['top1_agreement']:.1%}")
+    return text_parity
 
 
 def _int8_warnings(text_parity: dict[str, Any], keep_failed_int8: bool) -> list[str]:
@@ -467,8 +491,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         precision=args.precision, opset=args.opset, eval_text=args.eval_text,
         eval_bytes=args.eval_bytes, keep_failed_int8=args.keep_failed_int8,
         exporter=args.exporter)
-
-    from elr_export.checkpoint import CheckpointError
 
     try:
         result = run_export(options)
