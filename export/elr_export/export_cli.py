@@ -290,9 +290,12 @@ def _check_graphs(model: ELRModel, sessions: dict[str, ort.InferenceSession],
                   n_latent_steps: int, progress: Progress) -> dict[str, Any]:
     """Check names, latent step count and outputs of every fp32 graph against PyTorch."""
     with progress.step("check fp32 graphs against PyTorch") as note:
-        parity.check_io_names(sessions)
-        latent_steps_in_graph = parity.check_latent_count(sessions, model.config,
-                                                          n_latent_steps)
+        try:
+            parity.check_io_names(sessions)
+            latent_steps_in_graph = parity.check_latent_count(sessions, model.config,
+                                                              n_latent_steps)
+        except ValueError as err:
+            raise ExportError(str(err)) from err
         results = parity.check_all_graphs(model, sessions, n_latent_steps)
         worst = max(results.values(), key=lambda r: r.max_abs_diff)
         note["text"] = f"max abs diff {worst.max_abs_diff:.1e} ({worst.graph})"

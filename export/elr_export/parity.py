@@ -109,16 +109,18 @@ def check_graph(model: ELRModel, graph: str, session: ort.InferenceSession,
                 actual = session.run(list(GRAPH_OUTPUTS[graph]),
                                      {name: t.numpy() for name, t in inputs.items()})
                 for name, want, got in zip(GRAPH_OUTPUTS[graph], expected, actual, strict=True):
+                    case = (f"{name} at batch {batch}, new length {new_length}, cache length "
+                            f"{past_length}")
                     if tuple(want.shape) != got.shape:
-                        raise AssertionError(f"{graph} output {name} has shape {got.shape}, "
-                                             f"PyTorch gives {tuple(want.shape)}")
-                    diff = float(np.abs(want.numpy() - got).max()) if got.size else 0.0
+                        # a wrong shape counts as an infinite difference
+                        diff = math.inf
+                        case += f" (shape {got.shape}, PyTorch {tuple(want.shape)})"
+                    else:
+                        diff = float(np.abs(want.numpy() - got).max()) if got.size else 0.0
                     if math.isnan(diff):
                         diff = math.inf
                     if diff > worst or not worst_case:
-                        worst = diff
-                        worst_case = (f"{name} at batch {batch}, new length {new_length}, "
-                                      f"cache length {past_length}")
+                        worst, worst_case = diff, case
                 cases += 1
     logger.info("%s: max abs diff %.2e over %d cases (%s)", graph, worst, cases, worst_case)
     return GraphParity(graph, worst, cases, worst_case)
@@ -410,5 +412,6 @@ def check_io_names(sessions: Mapping[str, ort.InferenceSession]) -> None:
     for graph, session in sessions.items():
         inputs, outputs = graph_io_names(session)
         if tuple(inputs) != GRAPH_INPUTS[graph] or tuple(outputs) != GRAPH_OUTPUTS[graph]:
-            raise ValueError(f"{graph} has inputs {inputs} and outputs {outputs}, expected "
-                             f"{list(GRAPH_INPUTS[graph])} and {list(GRAPH_OUTPUTS[graph])}")
+            raise ValueError(f"exported {graph} has inputs {inputs} and outputs {outputs}, "
+                             f"expected {list(GRAPH_INPUTS[graph])} and "
+                             f"{list(GRAPH_OUTPUTS[graph])}: the export is wrong, report it")
