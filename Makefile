@@ -30,7 +30,10 @@ test: $(INSTALLED)
 lint: $(INSTALLED)
 	$(VENV)/bin/ruff check runtime export tools tests benchmarks
 
+# The runtime benchmark also needs the bench extra of pyproject.toml (the same ranges):
+# onnxruntime-genai and transformers for its peer model.
 bench: $(INSTALLED)
+	$(PY) -m pip install --quiet "onnxruntime-genai>=0.18" "transformers>=4.50"
 	$(PY) benchmarks/run.py
 
 # Regenerate the type stub of the compiled patcher after changing cpp/bindings.cpp.
