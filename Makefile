@@ -27,6 +27,11 @@ $(INSTALLED): $(PY) pyproject.toml CMakeLists.txt
 test: $(INSTALLED)
 	$(PY) -m pytest -q tests
 
+# Builds and tests the runtime on 64-bit ARM under qemu-user emulation (Cortex-A72 and
+# Cortex-A76) against this host; needs root, so it is not part of `make test`.
+test-arm64: $(INSTALLED)
+	ELR_ARM64_PYTHON=$(abspath $(PY)) tools/arm64/test-arm64.sh
+
 lint: $(INSTALLED)
 	$(VENV)/bin/ruff check runtime export tools tests benchmarks
 
