@@ -46,6 +46,12 @@ def test_training_writes_checkpoint(trained: Path):
     assert not any(name.endswith(".pt") or name.endswith(".pkl") for name in names)
 
 
+def test_training_keeps_best_checkpoint(trained: Path):
+    best = load_checkpoint(trained.with_name(trained.name + "-best")).training_state["run"]
+    assert best["step"] in (30, 60)
+    assert best["best_val_bpb"] == best["last_val_bpb"]
+
+
 def test_training_lowers_validation_bpb(trained: Path):
     state = load_checkpoint(trained).training_state
     # an untrained model scores about log2(264) = 8.04 bits per byte

@@ -147,16 +147,22 @@ class Trainer:
                             batch_size=self.config.batch_size, max_windows=max_windows,
                             autocast_dtype=self.autocast)
 
-    def save(self, final: bool = False) -> None:
+    @property
+    def best_dir(self) -> Path:
+        """Where the checkpoint with the lowest validation bits per byte so far is kept."""
+        return self.out_dir.with_name(self.out_dir.name + "-best")
+
+    def save(self, final: bool = False, path: Path | None = None) -> None:
         if self.rank != 0:
             return
         state = {**self.extra_state, "seq_len": self.config.seq_len,
                  "train_config": asdict(self.config), "run": asdict(self.state),
                  "final": final,
                  "mean_patch_length_train": mean_patch_length(self.train_docs)}
-        save_checkpoint(self.out_dir, self.model, self.table, self.patcher_settings,
+        target = path or self.out_dir
+        save_checkpoint(target, self.model, self.table, self.patcher_settings,
                         training_state=state, optimizer=self.optimizer)
-        logger.info("saved checkpoint %s at step %d", self.out_dir, self.state.step)
+        logger.info("saved checkpoint %s at step %d", target, self.state.step)
 
     def run(self) -> RunState:
         """Train until max_steps or the time budget; Ctrl-C saves a checkpoint and returns."""
@@ -196,17 +202,20 @@ class Trainer:
             self.save()
             raise
         bar.close()
-        self._record_val(self.validate(None))
+        # every validation byte at the end; not compared with the periodic subset scores
+        self._record_val(self.validate(None), keep_best=False)
         logger.info("step %d: validation %.4f bits per byte (all %d validation bytes)",
                     self.state.step, self.state.last_val_bpb,
                     sum(len(d.data) for d in self.val_docs))
         self.save(final=True)
         return self.state
 
-    def _record_val(self, bpb: float) -> None:
+    def _record_val(self, bpb: float, keep_best: bool = True) -> None:
         self.state.last_val_bpb = round(bpb, 4)
-        if self.state.best_val_bpb is None or bpb < self.state.best_val_bpb:
+        if keep_best and (self.state.best_val_bpb is None or bpb < self.state.best_val_bpb):
             self.state.best_val_bpb = round(bpb, 4)
+            # a small corpus overfits late in training, so the best model is kept apart
+            self.save(path=self.best_dir)
         if self.rank == 0:
             tqdm.write(f"step {self.state.step}: val bpb {bpb:.4f}", file=sys.stderr)
 
