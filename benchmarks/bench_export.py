@@ -26,7 +26,7 @@ from elr_export import export_cli, parity
 from elr_export.checkpoint import load_checkpoint, save_checkpoint
 from elr_export.config import ModelConfig
 from elr_export.model import ELRModel
-from elr_export.onnx_export import graph_module
+from elr_export.onnx_export import example_inputs, graph_module
 from elr_runtime.graph_io import GRAPH_INPUTS, GRAPH_NAMES, graph_filename
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -60,6 +60,31 @@ def untrained_checkpoint(directory: Path) -> Path:
     path = directory / "untrained"
     save_checkpoint(path, ELRModel(ModelConfig(patching="fixed")), None, None)
     return path
+
+
+def graph_call_ms(sessions: Mapping[str, Mapping[str, object]], model: ELRModel,
+                  calls: int = 100, repeats: int = 7) -> dict[str, dict[str, float]]:
+    """Time one call of each step graph per precision, batch 1 with 100 cached positions.
+
+    Inputs are one new byte for the encoder and decoder and a 4-byte patch for the global
+    step. Returns the best of `repeats` runs of `calls` calls, in ms per call, keyed by
+    graph and then precision; the precisions alternate, as in `compare_decode_times`.
+    """
+    generator = torch.Generator().manual_seed(0)
+    timings: dict[str, dict[str, float]] = {}
+    for graph, new_length in (("encoder_step", 1), ("decoder_step", 1), ("global_step", 4)):
+        feeds = {name: t.numpy() for name, t in
+                 example_inputs(model, graph, 1, new_length, 100, generator).items()}
+        best = dict.fromkeys(sessions, float("inf"))
+        for _ in range(repeats + 1):  # the first round warms the sessions up
+            for precision, graphs in sessions.items():
+                start = time.perf_counter()
+                for _ in range(calls):
+                    graphs[graph].run(None, feeds)  # type: ignore[attr-defined]
+                best[precision] = min(best[precision],
+                                      (time.perf_counter() - start) * 1000.0 / calls)
+        timings[graph] = best
+    return timings
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -107,6 +132,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         steppers = {name: parity.OnnxStepper(sessions, ckpt.config)  # type: ignore[arg-type]
                     for name, sessions in backends.items()}
         timings = parity.compare_decode_times(steppers, data, rule, args.bytes, repeats=5)
+        calls = graph_call_ms({"fp32": backends["onnxruntime fp32"],
+                               "int8": backends["onnxruntime int8"]}, ckpt.model)
 
     manifest = result.manifest
     sizes = {p: sum(result.sizes[graph_filename(g, p)] for g in GRAPH_NAMES)
@@ -128,6 +155,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"| int8 top-1 agreement | {gate['top1_agreement']:.2%} |")
     for name, ms in timings.items():
         print(f"| decode, {name}, 1 thread | {ms:.3f} ms/byte |")
+    for graph, ms in calls.items():
+        print(f"| one {graph} call, fp32 / int8, 1 thread | {ms['fp32']:.3f} / "
+              f"{ms['int8']:.3f} ms |")
     return 0
 
 
