@@ -26,7 +26,7 @@ def train_command(data: Path, out: Path, scheme: str, budget_s: float,
                   threads: int) -> list[str]:
     return [sys.executable, "-m", "elr_export.train_cli", str(data), "--out", str(out),
             "--patching", scheme, "--fixed-patch-length", "4", "--time-budget-s", str(budget_s),
-            "--max-steps", "1000000", "--seq-len", "256", "--dropout", "0.1",
+            "--max-steps", "1000000", "--seq-len", "256", "--dropout", "0.3",
             "--eval-interval", "1000000", "--checkpoint-interval", "1000000",
             "--threads", str(threads)]
 
