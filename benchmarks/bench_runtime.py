@@ -38,6 +38,8 @@ import runtime_setup  # noqa: E402
 
 PROMPT_BYTES = 128  # prompt before the timed decode: held-out text, several patches long
 TTFB_PROMPT_BYTES = 1024
+# Prefill chunks whose peak RSS is compared: the runtime's default and smaller ones.
+PREFILL_CHUNKS = (256, 64, 16)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,6 +76,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.rounds < 1 or args.n_bytes < 2:
         print("bench_runtime: --rounds must be >= 1 and --bytes >= 2", file=sys.stderr)
+        return 2
+    if not (args.checkpoint / "config.json").is_file():
+        print(f"bench_runtime: checkpoint {args.checkpoint} not found: train one with elr-train "
+              "or pass --checkpoint DIR", file=sys.stderr)
         return 2
     if not args.skip_peer and not _peer_available():
         print("bench_runtime: onnxruntime-genai or transformers is not installed: run "
@@ -121,6 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     results["peak_rss"] = runtime_footprint.elr_run_peak_rss(Path(sys.executable),
                                                              prepared.bundle, ttfb_prompt,
                                                              args.n_bytes)
+    results["prefill_chunk_int8"] = runtime_footprint.prefill_chunk_peak_rss(
+        Path(sys.executable), prepared.bundle, "int8", held_out[:TTFB_PROMPT_BYTES],
+        args.n_bytes, PREFILL_CHUNKS)
     if not args.skip_venv:
         _log("runtime-only venvs (the first run builds a wheel and installs from the index)")
         wheel = runtime_footprint.build_runtime_wheel(args.work_dir, args.fresh)
@@ -282,7 +291,8 @@ def format_report(results: dict[str, Any]) -> str:
             f"{row['global_steps_per_byte']:.3f}"
         lines.append(f"  {label:<34} {row['p50_us']:>9.1f} {row['p95_us']:>9.1f} "
                      f"{row['bytes_per_s']:>9.1f} {per_byte:>11}")
-    lines.append("  paired ratios of mean step time (median [min, max] over rounds):")
+    lines.append("  paired ratios of the median step time of a round (median [min, max] over "
+                 "rounds):")
     for name, ratio in decode["ratios"].items():
         lines.append(f"    {name:<32} {ratio['median']:.2f}x [{ratio['min']:.2f}, "
                      f"{ratio['max']:.2f}]")
@@ -300,6 +310,9 @@ def format_report(results: dict[str, Any]) -> str:
     rss = results["peak_rss"]
     lines.append(f"elr-run peak RSS (project venv): import only {rss['import_only_mb']} MB, "
                  f"fp32 {rss['fp32']['peak_rss_mb']} MB, int8 {rss['int8']['peak_rss_mb']} MB")
+    chunks = ", ".join(f"{chunk}: {row['peak_rss_mb']} MB, first byte {row['ttfb_ms']} ms"
+                       for chunk, row in results["prefill_chunk_int8"].items())
+    lines.append(f"int8 generation by prefill chunk (bytes per call): {chunks}")
     for key, venv in results.get("runtime_venv", {}).items():
         top = ", ".join(f"{name} {mb}" for name, mb in list(venv["distributions_mb"].items())[:5])
         lines.append(f"runtime venv ({key}): {venv['total_mb']} MB, "

@@ -59,9 +59,9 @@ class ContenderResult:
     def median_bytes_per_s(self) -> float:
         return statistics.median(run.bytes_per_s for run in self.runs)
 
-    def mean_us_per_round(self) -> list[float]:
-        """Return the mean step time of each round in microseconds (1e6 / bytes per s)."""
-        return [1e6 / run.bytes_per_s for run in self.runs]
+    def median_us_per_round(self) -> list[float]:
+        """Return the median step time of each round in microseconds."""
+        return [statistics.median(run.step_s) * 1e6 for run in self.runs]
 
     def summary(self) -> dict[str, Any]:
         patches = [r.global_steps_per_byte for r in self.runs
@@ -74,7 +74,6 @@ class ContenderResult:
             "p50_us": round(self.step_us_percentile(50), 1),
             "p95_us": round(self.step_us_percentile(95), 1),
             "bytes_per_s": round(self.median_bytes_per_s(), 1),
-            "mean_us": round(statistics.median(self.mean_us_per_round()), 1),
             "global_steps_per_byte": round(statistics.median(patches), 4) if patches else None,
         }
 
@@ -101,8 +100,12 @@ def run_interleaved(contenders: Sequence[Contender], prompt: bytes, n_bytes: int
 
 
 def paired_ratio(slow: ContenderResult, fast: ContenderResult) -> dict[str, float]:
-    """Return the median, min and max over rounds of slow's mean step time over fast's."""
-    ratios = [s / f for s, f in zip(slow.mean_us_per_round(), fast.mean_us_per_round(),
+    """Return the median, min and max over rounds of slow's median step time over fast's.
+
+    Medians rather than means, because a step during which the process waited for a core
+    lands in the mean of one contender only.
+    """
+    ratios = [s / f for s, f in zip(slow.median_us_per_round(), fast.median_us_per_round(),
                                     strict=True)]
     return {"median": round(statistics.median(ratios), 2), "min": round(min(ratios), 2),
             "max": round(max(ratios), 2)}

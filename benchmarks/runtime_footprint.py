@@ -110,6 +110,46 @@ def elr_run_peak_rss(python: Path, bundle: Path, prompt: str, n_bytes: int) -> d
     return figures
 
 
+# Generates from a bundle through the Python API with a given prefill chunk, then prints the
+# process's peak RSS (VmHWM) and the time to first byte to stderr.
+_CHUNK_RSS_SCRIPT = """
+import sys
+from elr_runtime.generate import Generator
+bundle, precision, chunk, n_bytes = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+generator = Generator(bundle, precision, prefill_chunk=chunk)
+for _ in generator.stream_bytes(sys.stdin.buffer.read(), max_bytes=n_bytes):
+    pass
+with open("/proc/self/status") as f:
+    peak = next(line for line in f if line.startswith("VmHWM:"))
+print("peak_rss_kib", int(peak.split()[1]), generator.stats.time_to_first_byte_s,
+      file=sys.stderr)
+"""
+
+
+def prefill_chunk_peak_rss(python: Path, bundle: Path, precision: str, prompt: bytes,
+                           n_bytes: int, chunks: Sequence[int]) -> dict[int, dict[str, float]]:
+    """Return the peak RSS and time to first byte of a generation for each prefill chunk.
+
+    The chunk is Generator's prefill_chunk, the number of prompt bytes per encoder and
+    decoder call. Peak memory grows with it, most likely because onnxruntime's memory arena
+    keeps the buffers of the largest call.
+    """
+    figures = {}
+    for chunk in chunks:
+        done = subprocess.run([str(python), "-c", _CHUNK_RSS_SCRIPT, str(bundle), precision,
+                               str(chunk), str(n_bytes)], input=prompt,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False)
+        lines = [line for line in done.stderr.decode(errors="replace").splitlines()
+                 if line.startswith("peak_rss_kib ")]
+        if done.returncode != 0 or not lines:
+            raise RuntimeError(f"generation with prefill_chunk={chunk} failed with exit status "
+                               f"{done.returncode}: {done.stderr.decode()[-300:]}")
+        _, kib, ttfb_s = lines[-1].split()
+        figures[chunk] = {"peak_rss_mb": round(int(kib) * 1024 / 1e6, 1),
+                          "ttfb_ms": round(float(ttfb_s) * 1e3, 1)}
+    return figures
+
+
 # -- installed size of a runtime-only venv ----------------------------------------------------
 
 # Run inside the runtime venv: the installed bytes of every distribution, from its RECORD.

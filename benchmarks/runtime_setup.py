@@ -142,7 +142,10 @@ def prepare(checkpoint: Path, text: Path, work_dir: Path, fresh: bool) -> Prepar
         if record.get("source_sha256") == source_sha:
             return Prepared(ckpt_copy, held_out, bundle, record)
 
-    copied_sha = copy_checkpoint(checkpoint, ckpt_copy)
+    if checkpoint.resolve() == ckpt_copy.resolve():
+        copied_sha = source_sha  # the copy from an earlier run, passed as --checkpoint
+    else:
+        copied_sha = copy_checkpoint(checkpoint, ckpt_copy)
     record = export_bundle(ckpt_copy, held_out, bundle)
     record["source_sha256"] = copied_sha
     record["source"] = str(checkpoint)
