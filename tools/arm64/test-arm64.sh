@@ -13,8 +13,8 @@
 #     patcher output, logits, greedy bytes and elr-run output (tools/arm64/crosscheck.py);
 #  4. in the root filesystem: build a wheel of the working tree natively (g++ under
 #     emulation), check its tag, install it with its runtime dependencies from PyPI;
-#  5. for each core: run tools/arm64/test_crosscheck.py against the host's record and
-#     profile the int8 graphs' onnxruntime kernels;
+#  5. for each core: run tools/arm64/test_crosscheck.py against the host's record, profile
+#     the int8 graphs' onnxruntime kernels and count the dot-product instructions they ran;
 #  6. on the host: run the same tests against each ARM record (a table written on ARM is
 #     read on x86-64, and the ARM logits are checked from this side too).
 # A summary follows; the exit status is 1 when any step failed. Mounts are released on
@@ -379,10 +379,16 @@ arm_tests() {
     python -m pytest -v -p no:cacheprovider tools/arm64/test_crosscheck.py"
 }
 
+# Profile the int8 graphs' onnxruntime kernels, and count the dot-product and widening
+# instructions that qemu translated while they ran.
 arm_kernels() {
   local cpu=$1
-  in_rootfs "$cpu" python "$SRC/tools/arm64/ort_kernels.py" "$MNT/inputs/bundle" \
-    --precision int8 --out "$MNT/kernels-$cpu.json"
+  in_rootfs "$cpu" env QEMU_LOG=in_asm QEMU_LOG_FILENAME="$MNT/in_asm-$cpu.log" \
+    python "$SRC/tools/arm64/ort_kernels.py" "$MNT/inputs/bundle" --precision int8 \
+    --out "$MNT/kernels-$cpu.json"
+  "$HOST_PYTHON" "$REPO/tools/arm64/instruction_counts.py" "$RUN/in_asm-$cpu.log" \
+    | tee "$RUN/instructions-$cpu.json"
+  rm -f "$RUN/in_asm-$cpu.log"
 }
 
 # -- summary --------------------------------------------------------------------------------
@@ -417,8 +423,14 @@ for name in ["x86_64", *sys.argv[2:]]:
     kernels = sorted({kernel for graph in report["kernels"].values()
                       for kernel in graph["nodes"]
                       if any(word in kernel for word in ("Quantize", "Integer", "MatMul"))})
-    print(f"  int8 matrix kernels on {name} (onnxruntime {report['onnxruntime']}): "
+    print(f"  matrix kernels of the int8 graphs on {name} (onnxruntime {report['onnxruntime']}): "
           + ", ".join(kernels))
+    counts_path = run / f"instructions-{name}.json"
+    if counts_path.is_file():
+        counts = {key: value for key, value in json.loads(counts_path.read_text()).items()
+                  if value and key != "undecoded"}
+        print(f"  instructions run with the int8 graphs on {name}: "
+              + (", ".join(f"{key} {value}" for key, value in counts.items()) or "none"))
 EOF
   for cpu in "${CPUS[@]}"; do
     [[ -f $RUN/record-$cpu/record.json ]] || continue
