@@ -49,7 +49,8 @@ stubs: $(INSTALLED)
 
 # The demo: export the committed default model to an int8 bundle, measuring int8 against fp32
 # on the held-out last 10 % of tinyshakespeare (the part the model never trained on), then
-# stream a continuation of a real prompt with elr-run.
+# stream a continuation of a real prompt with elr-run. The TorchScript exporter is used
+# because it exports this model about 4x faster than the dynamo exporter, with the same parity.
 SHARED ?= ../shared
 DEMO_TEXT := $(SHARED)/data/text/tinyshakespeare.txt
 DEMO_BUNDLE := build/demo/bundle
@@ -59,7 +60,7 @@ demo: $(INSTALLED)
 	@mkdir -p build/demo
 	tail -c 111539 $(DEMO_TEXT) > build/demo/heldout.txt
 	$(VENV)/bin/elr-export models/default --out $(DEMO_BUNDLE) --precision int8 \
-		--latent-steps 4 --eval-text build/demo/heldout.txt
+		--latent-steps 4 --exporter torchscript --eval-text build/demo/heldout.txt
 	printf 'KING HENRY:\nWhat news from France? Speak, and be brief.\n\n' | \
 		$(VENV)/bin/elr-run $(DEMO_BUNDLE) --max-bytes 400 --stats
 
