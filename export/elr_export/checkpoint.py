@@ -75,6 +75,10 @@ def save_checkpoint(path: str | Path, model: ELRModel, table: FrequencyTable | N
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
+        # mkdtemp makes the directory private (0o700); a checkpoint gets the umask's usual mode
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(staging, 0o777 & ~umask)
         state = {name: tensor.detach().to(weights_dtype).contiguous()
                  for name, tensor in model.state_dict().items()}
         save_file(state, str(staging / WEIGHTS_NAME))
