@@ -17,7 +17,7 @@ prepared, and writes into one directory:
     python tools/arm64/crosscheck.py record --inputs DIR --out DIR [--reference DIR]
     python tools/arm64/crosscheck.py compare REFERENCE_DIR RECORD_DIR
 
-DIR of --inputs holds `bundle/` and `corpus.txt` (see make_inputs.py). The tests in
+The --inputs directory contains `bundle/` and `corpus.txt` (see make_inputs.py). The tests in
 test_crosscheck.py check two records against the tolerances; `compare` prints the measured
 differences.
 """

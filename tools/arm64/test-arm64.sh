@@ -212,7 +212,7 @@ ensure_rootfs() {
     log "reusing the root filesystem $ROOTFS"
     return
   fi
-  log "creating the $SUITE arm64 root filesystem in $ROOTFS (about 10 minutes under emulation)"
+  log "creating the $SUITE arm64 root filesystem in $ROOTFS (5 to 10 minutes under emulation)"
   if findmnt --list --noheadings --output TARGET | grep -q -F -e "$ROOTFS/" -e "$ROOTFS.partial/"; then
     die "something is still mounted under $ROOTFS, so it cannot be deleted"
   fi
@@ -448,7 +448,7 @@ main() {
   check_host
   mkdir -p "$CACHE"
   exec 9> "$CACHE/lock"
-  flock --nonblock 9 || die "another test-arm64 run is using $CACHE (it holds the lock $CACHE/lock): wait for it to finish"
+  flock --nonblock 9 || die "another test-arm64 run is using $CACHE: wait for it to finish (lock file $CACHE/lock)"
   release_stale_mounts
   rm -rf "$RUN"
   mkdir -p "$RUN/logs"

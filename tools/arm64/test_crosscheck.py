@@ -7,9 +7,9 @@ Needs no torch, so it runs in the arm64 root filesystem of `make test-arm64`. Se
 - ELR_CROSS_OUT: where this platform's record goes (default: a temporary directory).
 
 Tolerances: fp32 logits agree within 1e-4 and the greedy bytes are equal. int8 logits agree
-within INT8_LOGIT_TOLERANCE. The int8 greedy bytes are equal up to the first step whose top
-two scores on the reference lie closer than twice that tolerance, because from there on a
-legitimate difference between the platforms' int8 kernels may pick the other byte.
+within INT8_LOGIT_TOLERANCE. The int8 greedy bytes are equal up to the first near tie: a
+step whose top two scores on the reference lie closer than twice that tolerance. From there
+on, a legitimate difference between the platforms' int8 kernels may pick the other byte.
 """
 
 from __future__ import annotations
