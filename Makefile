@@ -62,7 +62,8 @@ demo: $(INSTALLED)
 	$(VENV)/bin/elr-export models/default --out $(DEMO_BUNDLE) --precision int8 \
 		--latent-steps 4 --exporter torchscript --eval-text build/demo/heldout.txt
 	printf 'KING HENRY:\nWhat news from France? Speak, and be brief.\n\n' | \
-		$(VENV)/bin/elr-run $(DEMO_BUNDLE) --max-bytes 400 --stats
+		$(VENV)/bin/elr-run $(DEMO_BUNDLE) --max-bytes 400 --temperature 0.8 --top-p 0.95 \
+			--seed 1 --stats
 
 clean:
 	rm -rf build dist .pytest_cache

@@ -145,6 +145,30 @@ def test_closed_pipe_exits_quietly(run):
     assert stderr == b""
 
 
+def test_interactive_closed_pipe_exits(run):
+    command = [sys.executable, "-m", "elr_runtime.cli", str(run.bundle), "--interactive",
+               "--max-bytes", "1000000"]
+    process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, env=ENV)
+    assert process.stdin is not None and process.stdout is not None
+    process.stdin.write(b"ROMEO:\nKING:\n")
+    process.stdin.close()
+    head = process.stdout.read(20)
+    process.stdout.close()
+    # the second prompt must not be answered into the closed pipe until --max-bytes
+    returncode = process.wait(timeout=TIMEOUT_S)
+    process.stderr.close()
+    assert len(head) == 20
+    assert returncode == 0
+
+
+def test_stats_start_on_their_own_line(run):
+    result = elr_run(str(run.bundle), "--prompt", "ROMEO:", "--max-bytes", "30", "--stats")
+    assert result.returncode == 0, result.stderr
+    if not result.stdout.endswith(b"\n"):
+        assert result.stderr.startswith(b"\n")
+
+
 def test_ctrl_c_stops_with_newline_and_stats(run):
     process = start_elr_run(str(run.bundle), "--prompt", "ROMEO:", "--max-bytes", "1000000")
     assert process.stdout is not None

@@ -93,6 +93,9 @@ def save_checkpoint(path: str | Path, model: ELRModel, table: FrequencyTable | N
             "training": training_state or {},
         }
         (staging / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        for file in staging.iterdir():
+            # safetensors creates its files private (0o600); all files get the usual mode
+            os.chmod(file, 0o666 & ~umask)
         _replace_dir(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

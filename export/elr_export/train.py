@@ -202,6 +202,9 @@ class Trainer:
             self.save()
             raise
         bar.close()
+        if self.state.step < config.max_steps:
+            logger.info("the time budget of %.0f s ended training at step %d",
+                        config.time_budget_s, self.state.step)
         # every validation byte at the end; not compared with the periodic subset scores
         self._record_val(self.validate(None), keep_best=False)
         logger.info("step %d: validation %.4f bits per byte (all %d validation bytes)",

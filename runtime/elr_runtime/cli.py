@@ -59,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
                                          "prompt generates from the start of a document")
     parser.add_argument("-i", "--interactive", action="store_true",
                         help="read one prompt per line from stdin and answer each in turn; "
-                             "each prompt starts a new stream")
+                             "each prompt starts a new stream. Ctrl-C ends the current answer, "
+                             "Ctrl-C or Ctrl-D at the prompt exits with status 0")
     parser.add_argument("--reason", action="store_true",
                         help="think before generating: run the bundle's latent reasoning "
                              "steps between the prompt and the answer")
@@ -235,6 +236,9 @@ def _interactive(generator: Generator, args: argparse.Namespace, sampling: Sampl
         if not prompt:
             continue
         status = _answer(generator, prompt, args, sampling, stops, output)
+        if output.closed:
+            # nobody reads the answers any more, e.g. `elr-run -i ... | head -c 20`
+            return EXIT_OK
         if status not in (EXIT_OK, EXIT_INTERRUPTED):
             return status
 
@@ -257,6 +261,7 @@ def _answer(generator: Generator, prompt: bytes, args: argparse.Namespace,
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         chunks.close()
+        output.closed = True
         _silence_stdout()
         if args.stats:
             print(generator.stats.summary(), file=sys.stderr)
@@ -265,6 +270,7 @@ def _answer(generator: Generator, prompt: bytes, args: argparse.Namespace,
         print(f"{PROGRAM}: error: {error}", file=sys.stderr)
         return EXIT_BUNDLE_ERROR
     if args.stats:
+        output.end_line_before_stderr()
         print(generator.stats.summary(), file=sys.stderr)
     return EXIT_OK
 
@@ -282,6 +288,8 @@ class _Output:
         self.stream = stream
         self.decoder = None if raw else Utf8Stream()
         self.end_with_newline = end_with_newline and not raw
+        self.closed = False  # set when the reader of stdout went away
+        self.at_line_start = True  # whether the last byte written was a newline
 
     def write_all(self, chunks: Iterator[bytes]) -> None:
         for chunk in chunks:
@@ -292,6 +300,7 @@ class _Output:
                 chunk = text.encode("utf-8")
             self.stream.write(chunk)
             self.stream.flush()
+            self.at_line_start = chunk.endswith(b"\n")
 
     def finish(self, interrupted: bool = False) -> None:
         """End one generation: write a partial character as U+FFFD, then the newline if due.
@@ -303,8 +312,17 @@ class _Output:
         ending = "\n" if self.end_with_newline else ""
         self.stream.write((tail + ending).encode("utf-8"))
         self.stream.flush()
-        if interrupted and not ending:
+        if tail or ending:
+            self.at_line_start = (tail + ending).endswith("\n")
+        if interrupted:
+            self.end_line_before_stderr()
+
+    def end_line_before_stderr(self) -> None:
+        """Start the next stderr message on a line of its own when the text left off mid-line
+        (stdout and stderr usually share one terminal)."""
+        if not self.at_line_start:
             print(file=sys.stderr)
+            self.at_line_start = True
 
 
 def _silence_stdout() -> None:
