@@ -21,7 +21,7 @@ from test_readme import README, shell_commands
 REPO_ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 
-# Arguments appended to a command (matched by its first words) to keep the test short.
+# Arguments appended to a command, chosen by its program name, to keep the test short.
 SHORTENERS = {
     "elr-train": ["--max-steps", "2", "--seq-len", "64", "--batch-size", "4",
                   "--eval-windows", "4"],
