@@ -18,14 +18,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
-import tempfile
 from collections.abc import Iterable, Mapping
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from elr_export.atomic_dir import make_staging_dir, replace_dir
 from elr_export.config import ModelConfig
 from elr_export.onnx_export import io_dtypes, io_shapes
 from elr_runtime.graph_io import (
@@ -74,23 +73,12 @@ def check_target(target: Path) -> None:
 def create_staging(target: Path) -> Path:
     """Check `target` and create an empty staging directory beside it."""
     check_target(target)
-    parent = target.absolute().parent
     try:
-        parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.staging.", dir=parent))
-        # mkdtemp creates the directory private (0o700); a bundle gets the usual mode
-        os.chmod(staging, 0o777 & ~_current_umask())
-        return staging
+        return make_staging_dir(target, "staging.")
     except OSError as err:
         reason = err.strerror or str(err)
         raise BundleError(f"cannot write the bundle next to {target} ({reason}): choose --out "
                           "in a writable directory") from err
-
-
-def _current_umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 def discard_staging(staging: Path) -> None:
@@ -98,22 +86,9 @@ def discard_staging(staging: Path) -> None:
 
 
 def commit_bundle(staging: Path, target: Path) -> None:
-    """Move the complete bundle in `staging` to `target`, replacing a bundle there.
-
-    NOTE: replacing an existing bundle takes two renames (old bundle aside, new one in), so
-    a crash between them leaves the old bundle at ".<name>.old" and nothing at `target`.
-    """
+    """Move the complete bundle in `staging` to `target`, replacing a bundle there."""
     check_target(target)
-    if target.exists() and not any(target.iterdir()):
-        target.rmdir()
-    if not target.exists():
-        os.replace(staging, target)
-        return
-    old = target.with_name(f".{target.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    os.replace(target, old)
-    os.replace(staging, target)
-    shutil.rmtree(old, ignore_errors=True)
+    replace_dir(staging, target)
 
 
 def file_sha256(path: Path) -> str:

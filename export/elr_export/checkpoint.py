@@ -19,7 +19,6 @@ import logging
 import os
 import shutil
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from elr_export.atomic_dir import current_umask, make_staging_dir, replace_dir
 from elr_export.config import ModelConfig
 from elr_export.model import ELRModel
 from elr_runtime.graph_io import TABLE_NAME
@@ -72,13 +72,9 @@ def save_checkpoint(path: str | Path, model: ELRModel, table: FrequencyTable | N
     if target.exists() and not (target / CONFIG_NAME).is_file():
         raise CheckpointError(f"{target} exists and is not a checkpoint directory: "
                               "choose another output path")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    staging = make_staging_dir(target, "")
+    umask = current_umask()
     try:
-        # mkdtemp makes the directory private (0o700); a checkpoint gets the umask's usual mode
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(staging, 0o777 & ~umask)
         state = {name: tensor.detach().to(weights_dtype).contiguous()
                  for name, tensor in model.state_dict().items()}
         save_file(state, str(staging / WEIGHTS_NAME))
@@ -96,22 +92,11 @@ def save_checkpoint(path: str | Path, model: ELRModel, table: FrequencyTable | N
         for file in staging.iterdir():
             # safetensors creates its files private (0o600); all files get the usual mode
             os.chmod(file, 0o666 & ~umask)
-        _replace_dir(staging, target)
+        replace_dir(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return target
-
-
-def _replace_dir(staging: Path, target: Path) -> None:
-    if not target.exists():
-        os.replace(staging, target)
-        return
-    old = target.with_name(f".{target.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    os.replace(target, old)
-    os.replace(staging, target)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def _optimizer_tensors(model: ELRModel, optimizer: torch.optim.Optimizer) -> dict[str, Any]:

@@ -10,7 +10,7 @@ Data flow for one sequence (BOS, b1, b2, ...), where patch p is a run of consecu
 
 BOS always forms patch 0, so every byte has a finished patch before it. Whether byte t+1
 starts a new patch is decided by the causal patcher from bytes up to t, so the decoder never
-sees a future byte. `forward` runs a whole sequence for training; `encoder_step`,
+reads a future byte. `forward` runs a whole sequence for training; `encoder_step`,
 `global_step`, `latent_loop` and `decoder_step` run the same computation in pieces with
 explicit KV caches, one piece per ONNX graph of a bundle.
 
@@ -249,7 +249,8 @@ class ELRModel(nn.Module):
 
         byte_ids: (B, T) int64, each row starting with BOS_ID.
         patch_ids: (B, T + 1) int64, the patch index of every position and of the position
-            after the last one (so the last byte's prediction knows whether it opens a patch).
+            after the last one, because the prediction at the last byte depends on whether the
+            next byte opens a patch.
             Non-decreasing, 0 only for BOS, consecutive patches differ by 1.
         """
         batch, length = byte_ids.shape

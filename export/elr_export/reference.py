@@ -35,7 +35,7 @@ def sequence_tensors(data: bytes, rule: PatchRule) -> tuple[Tensor, Tensor]:
     """Build (byte_ids (1, n + 1), patch_ids (1, n + 2)) for BOS followed by `data`.
 
     The extra patch id belongs to the position after the last byte; causality makes its
-    boundary independent of the byte that will fill it, so a zero byte stands in for it.
+    boundary independent of the byte that will fill it, so a zero byte is used in its place.
     """
     mask = rule.patch_start_mask(bytes(data) + b"\x00")
     byte_ids = torch.tensor([BOS_ID, *data], dtype=torch.long)[None]
@@ -48,7 +48,7 @@ def step_logits(model: ELRModel, byte_ids: Sequence[int], next_starts_patch: Seq
                 chunk_lengths: Sequence[int]) -> Tensor:
     """Run `byte_ids` (starting with BOS) through the step functions, chunk by chunk.
 
-    next_starts_patch[t] says whether position t + 1 starts a patch (it must be True at t = 0,
+    next_starts_patch[t] is True when position t + 1 starts a patch (it must be True at t = 0,
     because BOS is a patch of its own). chunk_lengths must sum to len(byte_ids).
     Returns logits (len(byte_ids), vocab_size) for batch 1.
     """

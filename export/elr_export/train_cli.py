@@ -73,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bytes of context in a newly built frequency table (1-8)")
     g.add_argument("--target-patch-length", type=float, default=4.5,
                    help="mean patch length in bytes that the entropy threshold is calibrated to")
-    g.add_argument("--max-patch-length", type=int, default=16, help="longest patch in bytes")
+    g.add_argument("--max-patch-length", type=int, default=16, help="maximum patch length in bytes")
     g.add_argument("--boundary-bytes", default="\\n",
                    help="bytes after which a patch always ends, as a Python escape string "
                    "(empty for none)")
@@ -149,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
     if args.resume:
         resumed = load_checkpoint(args.out)
     elif args.out.exists() and (args.out / CONFIG_NAME).exists():
-        raise ValueError(f"{args.out} already holds a checkpoint: pass --resume to continue it "
+        raise ValueError(f"{args.out} already contains a checkpoint: pass --resume to continue it "
                          "or choose another --out")
     elif args.out.exists() and any(args.out.iterdir()):
         raise ValueError(f"{args.out} exists and is not empty: choose another --out")

@@ -237,7 +237,7 @@ def _interactive(generator: Generator, args: argparse.Namespace, sampling: Sampl
             continue
         status = _answer(generator, prompt, args, sampling, stops, output)
         if output.closed:
-            # nobody reads the answers any more, e.g. `elr-run -i ... | head -c 20`
+            # the reader of stdout has gone, e.g. `elr-run -i ... | head -c 20`
             return EXIT_OK
         if status not in (EXIT_OK, EXIT_INTERRUPTED):
             return status
