@@ -38,7 +38,9 @@ class TrainConfig:
     seq_len: int = 512  # bytes per training window, BOS included
     batch_size: int = 32  # windows per optimizer step on each process
     max_steps: int = 2000  # optimizer steps; training also stops at time_budget_s
-    time_budget_s: float = 0.0  # wall-clock budget in seconds; 0 means no limit
+    time_budget_s: float = 0.0  # training-time budget in seconds; 0 means no limit
+    budget_clock: str = "wall"  # "wall": elapsed time; "cpu": this process's CPU time, which
+    # stays fair when several runs share the machine
     lr: float = 2e-3  # peak learning rate after warm-up
     min_lr_ratio: float = 0.1  # the cosine decays to lr * min_lr_ratio
     warmup_steps: int = 100  # linear warm-up from 0 to lr
@@ -61,6 +63,8 @@ class TrainConfig:
             raise ValueError(f"lr={self.lr} must be positive")
         if self.time_budget_s < 0:
             raise ValueError(f"time_budget_s={self.time_budget_s} must not be negative")
+        if self.budget_clock not in ("wall", "cpu"):
+            raise ValueError(f"budget_clock={self.budget_clock!r} must be 'wall' or 'cpu'")
 
 
 def learning_rate(config: TrainConfig, step: int, progress: float) -> float:
@@ -173,12 +177,13 @@ class Trainer:
         bar = tqdm(total=total, initial=self.state.step, disable=self.rank != 0,
                    unit="step", dynamic_ncols=True, file=sys.stderr)
         window_start, window_bytes = time.perf_counter(), 0
+        clock = time.process_time if config.budget_clock == "cpu" else time.perf_counter
         try:
             while self.state.step < config.max_steps and self.progress() < 1.0:
-                started = time.perf_counter()
+                started = clock()
                 loss, n_bytes = self.train_step()
                 self.state.step += 1
-                self.state.elapsed_s += time.perf_counter() - started
+                self.state.elapsed_s += clock() - started
                 self.state.bytes_seen += n_bytes
                 window_bytes += n_bytes
                 bar.update(1)

@@ -89,6 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
         if isinstance(default, bool):
             g.add_argument(flag, action=argparse.BooleanOptionalAction, default=default,
                            dest=field.name)
+        elif field.name == "budget_clock":
+            g.add_argument(flag, choices=("wall", "cpu"), default=default, dest=field.name,
+                           help="what --time-budget-s counts: elapsed time, or this "
+                                "process's CPU time (fair when runs share the machine)")
         else:
             g.add_argument(flag, type=type(default), default=default, dest=field.name)
     p.add_argument("--threads", type=int, default=None,
