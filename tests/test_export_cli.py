@@ -44,8 +44,8 @@ def run_cli(argv: list[str]) -> SimpleNamespace:
     return SimpleNamespace(code=code, stdout=out.getvalue(), stderr=err.getvalue())
 
 
-def assert_one_line_error(result: SimpleNamespace, fragment: str) -> None:
-    assert result.code == 1
+def assert_one_line_error(result: SimpleNamespace, fragment: str, code: int = 1) -> None:
+    assert result.code == code
     assert "Traceback" not in result.stderr
     last = result.stderr.rstrip("\n").splitlines()[-1]
     assert last.startswith("elr-export: error: ")
@@ -245,19 +245,20 @@ def test_bad_checkpoint_rejected(checkpoint, tmp_path, damage, fragment):
     assert not out.exists()
 
 
-@pytest.mark.parametrize(("args", "fragment"), [
-    (["--latent-steps", 0], "--latent-steps 0 is out of range"),
-    (["--latent-steps", -2], "--latent-steps -2 is out of range"),
-    (["--latent-steps", 100_000], "--latent-steps 100000 is out of range"),
-    (["--latent-steps", 1, "--opset", 9], "--opset 9 is not supported"),
-    (["--latent-steps", 1, "--precision", "int8"], "needs --eval-text"),
-    (["--latent-steps", 1, "--eval-text", "/nonexistent/eval.txt"], "not found"),
-    (["--latent-steps", 1, "--eval-bytes", 10], "--eval-bytes 10 is too small"),
+@pytest.mark.parametrize(("args", "fragment", "code"), [
+    # invalid values exit 2, like argparse's usage errors; an unusable file exits 1
+    (["--latent-steps", 0], "--latent-steps 0 is out of range", 2),
+    (["--latent-steps", -2], "--latent-steps -2 is out of range", 2),
+    (["--latent-steps", 100_000], "--latent-steps 100000 is out of range", 2),
+    (["--latent-steps", 1, "--opset", 9], "--opset 9 is not supported", 2),
+    (["--latent-steps", 1, "--precision", "int8"], "needs --eval-text", 2),
+    (["--latent-steps", 1, "--eval-text", "/nonexistent/eval.txt"], "not found", 1),
+    (["--latent-steps", 1, "--eval-bytes", 10], "--eval-bytes 10 is too small", 2),
 ])
-def test_bad_option_rejected(checkpoint, tmp_path, args, fragment):
+def test_bad_option_rejected(checkpoint, tmp_path, args, fragment, code):
     out = tmp_path / "bundle"
     result = run_cli([checkpoint, "--out", out, *args])
-    assert_one_line_error(result, fragment)
+    assert_one_line_error(result, fragment, code)
     assert not out.exists()
 
 

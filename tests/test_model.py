@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from elr_export.config import ModelConfig
-from elr_export.model import ELRModel, estimate_flops_per_byte, ngram_hash_ids
+from elr_export.model import _HASH_BASES, ELRModel, estimate_flops_per_byte, ngram_hash_ids
 from elr_export.reference import patch_ids_from_mask, step_logits
 from elr_runtime.graph_io import BOS_ID
 
@@ -89,17 +89,37 @@ def test_latent_loop_runs_global_model_repeatedly():
     assert torch.allclose(twice, manual, atol=1e-6)
 
 
-def test_ngram_hash_in_range_and_position_local():
+def reference_ngram_hash(ids: list[int], position: int, n: int, buckets: int) -> int:
+    """The hash as first defined: multiply-add over the n-gram, reduced after every step."""
+    hashed = 0
+    for value in ids[position - n + 1:position + 1]:
+        hashed = (hashed * _HASH_BASES[n - 2] + value + 1) % buckets
+    return hashed
+
+
+@pytest.mark.parametrize("sizes, buckets", [((3, 4, 5), 2048), ((2, 6), 97), ((8,), 4096)])
+def test_ngram_hash_matches_the_stepwise_definition(sizes, buckets):
+    """Trained checkpoints depend on the exact hash values, so the vectorised form must agree."""
+    history = max(sizes) - 1
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 264, (2, history + 40), generator=generator)
+    hashed = ngram_hash_ids(ids, sizes, history, buckets)
+    assert hashed.shape == (2, 40, len(sizes))
+    for row in range(2):
+        values = ids[row].tolist()
+        expected = [[reference_ngram_hash(values, history + t, n, buckets) for n in sizes]
+                    for t in range(40)]
+        assert hashed[row].tolist() == expected
+
+
+def test_ngram_hash_is_position_local():
     ids = torch.randint(0, 264, (2, 4 + 50))
-    hashed = ngram_hash_ids(ids, 3, 4, 97)
-    assert hashed.shape == (2, 50)
-    assert int(hashed.min()) >= 0
-    assert int(hashed.max()) < 97
+    hashed = ngram_hash_ids(ids, (3,), 4, 97)[:, :, 0]
     # the hash at position t depends only on ids t-2..t (in history-shifted coordinates)
     changed = ids.clone()
     changed[:, 10] += 1
-    diff = (ngram_hash_ids(changed, 3, 4, 97) != hashed).any(dim=0).nonzero().flatten().tolist()
-    assert set(diff) <= {6, 7, 8}
+    diff = (ngram_hash_ids(changed, (3,), 4, 97)[:, :, 0] != hashed).any(dim=0)
+    assert set(diff.nonzero().flatten().tolist()) <= {6, 7, 8}
 
 
 def test_flops_estimate_falls_with_patch_length():

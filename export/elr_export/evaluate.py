@@ -9,6 +9,7 @@ import argparse
 import json
 import logging
 import math
+import os
 import sys
 from collections.abc import Sequence
 
@@ -103,13 +104,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         "parameters": ckpt.model.n_params(),
     }
     if args.json:
-        print(json.dumps(result, indent=2))
+        report = json.dumps(result, indent=2)
     else:
-        print(f"bits per byte      {result['bits_per_byte']:.4f}")
-        print(f"mean patch length  {result['mean_patch_length']:.3f} bytes")
-        print(f"FLOPs per byte     {result['flops_per_byte'] / 1e6:.2f} M (estimate)")
-        print(f"bytes evaluated    {result['bytes']:,}")
-        print(f"parameters         {result['parameters']:,}")
+        report = "\n".join([
+            f"bits per byte      {result['bits_per_byte']:.4f}",
+            f"mean patch length  {result['mean_patch_length']:.3f} bytes",
+            f"FLOPs per byte     {result['flops_per_byte'] / 1e6:.2f} M (estimate)",
+            f"bytes evaluated    {result['bytes']:,}",
+            f"parameters         {result['parameters']:,}"])
+    try:
+        print(report, flush=True)
+    except BrokenPipeError:
+        # the reader closed the pipe (`elr-eval ... | head -1`): not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 
 

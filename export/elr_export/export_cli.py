@@ -70,6 +70,10 @@ _SAMPLE_TEXT = (b"A byte-level model reads text as raw UTF-8 bytes: caf\xc3\xa9,
                 b"\xe6\x97\xa5\xe6\x9c\xac. It predicts one byte at a time.\n") * 4
 
 
+class OptionError(Exception):
+    """An invalid command-line value: exit status 2, like argparse's own usage errors."""
+
+
 class ExportError(Exception):
     """An export that cannot go on; the message is one line with the fix."""
 
@@ -136,20 +140,20 @@ class Progress:
 
 
 def check_options(options: ExportOptions) -> None:
-    """Raise ExportError or BundleError for option values that no checkpoint can fix."""
+    """Raise OptionError or BundleError for option values that no checkpoint can fix."""
     check_target(options.out)
     n = options.n_latent_steps
     if n is not None and not 1 <= n <= MAX_LATENT_STEPS:
-        raise ExportError(f"--latent-steps {n} is out of range: use 1 to {MAX_LATENT_STEPS}")
+        raise OptionError(f"--latent-steps {n} is out of range: use 1 to {MAX_LATENT_STEPS}")
     max_opset = onnx.defs.onnx_opset_version()
     if not MIN_OPSET <= options.opset <= max_opset:
-        raise ExportError(f"--opset {options.opset} is not supported: use {MIN_OPSET} to "
+        raise OptionError(f"--opset {options.opset} is not supported: use {MIN_OPSET} to "
                           f"{max_opset}")
     if options.eval_bytes < MIN_EVAL_BYTES:
-        raise ExportError(f"--eval-bytes {options.eval_bytes} is too small: use at least "
+        raise OptionError(f"--eval-bytes {options.eval_bytes} is too small: use at least "
                           f"{MIN_EVAL_BYTES}")
     if "int8" in options.precisions and options.eval_text is None:
-        raise ExportError(f"--precision {options.precision} needs --eval-text FILE: int8 is "
+        raise OptionError(f"--precision {options.precision} needs --eval-text FILE: int8 is "
                           "checked against fp32 on held-out text")
 
 
@@ -497,6 +501,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         result = run_export(options)
+    except OptionError as err:
+        print(f"elr-export: error: {err}", file=sys.stderr)
+        return 2
     except (ExportError, BundleError, CheckpointError) as err:
         print(f"elr-export: error: {err}", file=sys.stderr)
         return 1

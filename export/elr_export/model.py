@@ -35,79 +35,110 @@ from elr_runtime.graph_io import PAD_ID
 _HASH_BASES = (269, 271, 277, 281, 283, 293, 307)
 
 
-def ngram_hash_ids(ids_with_history: Tensor, n: int, history: int, buckets: int) -> Tensor:
-    """Hash the n-gram ending at each position into [0, buckets).
+def ngram_hash_coefficients(sizes: tuple[int, ...], buckets: int) -> tuple[list[list[int]],
+                                                                          list[int]]:
+    """Coefficients of the polynomial n-gram hashes, reduced modulo `buckets`.
 
-    ids_with_history: (B, history + T) int64, the `history` ids before the T positions first.
-    Returns (B, T) int64. The modulo is taken after every step so no value exceeds
-    buckets * base + 264, far from int64 overflow; `a - (a // m) * m` is used because it exports
-    to plain ONNX integer ops.
+    The hash of the n-gram ending at t is sum over lags k < n of (id[t - k] + 1) * base**k,
+    modulo buckets, with one base per size. Returns a (len(sizes), max(sizes)) table of
+    base**k mod buckets (0 where k >= n) and, per size, the sum of its coefficients, which
+    is the contribution of the + 1 terms.
     """
-    total = ids_with_history.shape[1]
-    length = total - history
-    base = _HASH_BASES[n - 2]
-    hashed = torch.zeros_like(ids_with_history[:, history:])
-    for j in range(n):
-        start = history - n + 1 + j
-        hashed = hashed * base + ids_with_history[:, start:start + length] + 1
-        hashed = hashed - (hashed // buckets) * buckets
-    return hashed
+    width = max(sizes)
+    table = [[pow(_HASH_BASES[n - 2], k, buckets) if k < n else 0 for k in range(width)]
+             for n in sizes]
+    return table, [sum(row) for row in table]
 
 
-class RotaryEmbedding(nn.Module):
-    """Rotary position embedding applied to queries and keys at absolute positions."""
+def ngram_hash_ids(ids_with_history: Tensor, sizes: tuple[int, ...], history: int,
+                   buckets: int) -> Tensor:
+    """Hash the n-grams of every size ending at each position into [0, buckets).
 
-    def __init__(self, head_dim: int, base: float) -> None:
-        super().__init__()
-        inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
+    ids_with_history: (B, history + T) int64, the `history` ids before the T positions first
+    (history >= max(sizes) - 1). Returns (B, T, len(sizes)) int64.
 
-    def forward(self, x: Tensor, position_ids: Tensor) -> Tensor:
-        # x: (B, H, T, D), position_ids: (B, T)
-        angles = position_ids.to(torch.float32)[:, None, :, None] * self.inv_freq  # (B, 1, T, D/2)
-        cos, sin = angles.cos(), angles.sin()
-        x1, x2 = x.float().chunk(2, dim=-1)
-        rotated = torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
-        return rotated.to(x.dtype)
+    All sizes are hashed at once: one gather of the last max(sizes) ids of every position,
+    one multiply by the coefficient table and one sum, so the exported graph has a handful of
+    integer nodes whatever the sizes. Every term is below 265 * buckets, far from overflow,
+    and the values are never negative, so truncating division gives the modulo.
+    """
+    table, offsets = ngram_hash_coefficients(sizes, buckets)
+    width = len(table[0])
+    length = ids_with_history.shape[1] - history
+    device = ids_with_history.device
+    lags = torch.arange(width, device=device)
+    index = torch.arange(length, device=device)[:, None] + (history - lags)[None, :]  # (T, W)
+    recent = ids_with_history[:, index]  # (B, T, W): id[t], id[t-1], ...
+    coefficients = torch.tensor(table, dtype=torch.long, device=device)  # (S, W)
+    sums = (recent[:, :, None, :] * coefficients).sum(dim=-1)  # (B, T, S)
+    sums = sums + torch.tensor(offsets, dtype=torch.long, device=device)
+    return sums - torch.div(sums, buckets, rounding_mode="trunc") * buckets
 
 
-def window_mask(position_ids: Tensor, past_length: int, window: int) -> Tensor:
-    """Return the (B, 1, T, past_length + T) boolean mask of a causal sliding window.
+def rotary_tables(position_ids: Tensor, head_dim: int, base: float) -> tuple[Tensor, Tensor]:
+    """Return the rotary (cos, sin) tables, each (B, 1, T, head_dim), for `rotate`.
 
-    Query t at position q may see key position k when q - window < k <= q. Keys are the
-    `past_length` cached positions followed by the T new ones, contiguous and in order.
+    Computed once per stack and shared by its layers. The sin table carries the sign of the
+    rotation, so that rotate(x) = x * cos + swap_halves(x) * sin.
+    """
+    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32,
+                                            device=position_ids.device) / head_dim))
+    angles = position_ids.to(torch.float32)[:, None, :, None] * inv_freq  # (B, 1, T, D/2)
+    cos, sin = angles.cos(), angles.sin()
+    return torch.cat((cos, cos), dim=-1), torch.cat((-sin, sin), dim=-1)
+
+
+def rotate(x: Tensor, cos: Tensor, sin: Tensor, half: int) -> Tensor:
+    """Apply the rotary embedding to x (..., T, 2 * half) with tables from `rotary_tables`.
+
+    `half` is a Python int so that the exported graph splits at a constant, not at a size it
+    computes from the input's shape.
+    """
+    first, second = x.split(half, dim=-1)
+    return x * cos + torch.cat((second, first), dim=-1) * sin
+
+
+def window_bias(position_ids: Tensor, past_length: int, window: int,
+                dtype: torch.dtype) -> Tensor:
+    """Return the (B, 1, T, past_length + T) additive mask of a causal sliding window.
+
+    Query t at position q may see key position k when q - window < k <= q; other keys get
+    -inf. Keys are the `past_length` cached positions followed by the T new ones, contiguous
+    and in order.
     """
     new_length = position_ids.shape[1]
     offsets = torch.arange(past_length + new_length, device=position_ids.device) - past_length
     key_positions = position_ids[:, :1] + offsets  # (B, P + T)
     distance = position_ids[:, :, None] - key_positions[:, None, :]  # (B, T, P + T)
-    return ((distance >= 0) & (distance < window))[:, None]
+    visible = (distance >= 0) & (distance < window)
+    blocked = torch.full((), float("-inf"), dtype=dtype, device=position_ids.device)
+    zero = torch.zeros((), dtype=dtype, device=position_ids.device)
+    return torch.where(visible, zero, blocked)[:, None]
 
 
 class Attention(nn.Module):
-    def __init__(self, d_model: int, n_heads: int, rope: RotaryEmbedding, dropout: float) -> None:
+    def __init__(self, d_model: int, n_heads: int, dropout: float) -> None:
         super().__init__()
         self.n_heads = n_heads
         self.head_dim = d_model // n_heads
         self.qkv = nn.Linear(d_model, 3 * d_model, bias=False)
         self.out = nn.Linear(d_model, d_model, bias=False)
-        self.rope = rope
         self.dropout = dropout
 
-    def forward(self, x: Tensor, position_ids: Tensor, mask: Tensor,
+    def forward(self, x: Tensor, rotary: tuple[Tensor, Tensor], bias: Tensor,
                 past_key: Tensor, past_value: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         batch, length, width = x.shape
-        q, k, v = self.qkv(x).split(width, dim=-1)
-        q = q.view(batch, length, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
-        k = k.view(batch, length, self.n_heads, self.head_dim).transpose(1, 2)
-        v = v.view(batch, length, self.n_heads, self.head_dim).transpose(1, 2)
-        q = self.rope(q, position_ids)
-        k = self.rope(k, position_ids)
+        # (B, T, 3 * W) -> (B, 3 * H, T, D): queries, keys and values of every head
+        qkv = self.qkv(x).view(batch, length, 3 * self.n_heads, self.head_dim).transpose(1, 2)
+        # queries and keys are rotated together, one rotation per layer
+        qk, v = qkv.split((2 * self.n_heads, self.n_heads), dim=1)
+        q, k = rotate(qk, *rotary, self.head_dim // 2).to(v.dtype).split(self.n_heads, dim=1)
 
         key = torch.cat((past_key.to(k.dtype), k), dim=2)  # (B, H, P + T, D)
         value = torch.cat((past_value.to(v.dtype), v), dim=2)
         dropout = self.dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, key, value, attn_mask=mask, dropout_p=dropout)
+        y = F.scaled_dot_product_attention(q, key, value, attn_mask=bias.to(q.dtype),
+                                           dropout_p=dropout, scale=self.head_dim ** -0.5)
         y = y.transpose(1, 2).reshape(batch, length, width)
         return self.out(y), key, value
 
@@ -115,11 +146,10 @@ class Attention(nn.Module):
 class Block(nn.Module):
     """Pre-norm transformer layer: attention then MLP, each with a residual connection."""
 
-    def __init__(self, d_model: int, n_heads: int, mlp_ratio: int, rope: RotaryEmbedding,
-                 dropout: float) -> None:
+    def __init__(self, d_model: int, n_heads: int, mlp_ratio: int, dropout: float) -> None:
         super().__init__()
         self.attn_norm = nn.LayerNorm(d_model)
-        self.attn = Attention(d_model, n_heads, rope, dropout)
+        self.attn = Attention(d_model, n_heads, dropout)
         self.mlp_norm = nn.LayerNorm(d_model)
         self.mlp = nn.Sequential(
             nn.Linear(d_model, mlp_ratio * d_model, bias=False),
@@ -128,10 +158,10 @@ class Block(nn.Module):
             nn.Dropout(dropout),
         )
 
-    def forward(self, x: Tensor, position_ids: Tensor, mask: Tensor,
+    def forward(self, x: Tensor, rotary: tuple[Tensor, Tensor], bias: Tensor,
                 past_key: Tensor, past_value: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         normed = self.attn_norm(x)
-        attended, key, value = self.attn(normed, position_ids, mask, past_key, past_value)
+        attended, key, value = self.attn(normed, rotary, bias, past_key, past_value)
         x = x + attended
         x = x + self.mlp(self.mlp_norm(x))
         return x, key, value
@@ -146,10 +176,9 @@ class Stack(nn.Module):
         self.window = window
         self.n_heads = n_heads
         self.head_dim = d_model // n_heads
-        rope = RotaryEmbedding(self.head_dim, config.rope_base)
+        self.rope_base = config.rope_base
         self.layers = nn.ModuleList(
-            Block(d_model, n_heads, config.mlp_ratio, rope, config.dropout)
-            for _ in range(n_layers))
+            Block(d_model, n_heads, config.mlp_ratio, config.dropout) for _ in range(n_layers))
         self.norm = nn.LayerNorm(d_model)
 
     def empty_cache(self, batch: int, device: torch.device | None = None) -> tuple[Tensor, Tensor]:
@@ -158,10 +187,12 @@ class Stack(nn.Module):
 
     def forward(self, x: Tensor, position_ids: Tensor, past_keys: Tensor,
                 past_values: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        mask = window_mask(position_ids, past_keys.shape[3], self.window)
+        # position-dependent tables, built once and shared by every layer
+        bias = window_bias(position_ids, past_keys.shape[3], self.window, torch.float32)
+        rotary = rotary_tables(position_ids, self.head_dim, self.rope_base)
         keys, values = [], []
         for i, layer in enumerate(self.layers):
-            x, key, value = layer(x, position_ids, mask, past_keys[i], past_values[i])
+            x, key, value = layer(x, rotary, bias, past_keys[i], past_values[i])
             keys.append(key)
             values.append(value)
         return self.norm(x), torch.stack(keys), torch.stack(values)
@@ -208,8 +239,9 @@ class ELRModel(nn.Module):
         history = c.ngram_history
         ids = torch.cat((prev_byte_ids, byte_ids), dim=1)  # (B, history + T)
         x = self.byte_embed(byte_ids)  # (B, T, d_local)
-        for n, table in zip(c.ngram_sizes, self.ngram_embeds, strict=True):
-            x = x + table(ngram_hash_ids(ids, n, history, c.ngram_buckets))
+        hashed = ngram_hash_ids(ids, c.ngram_sizes, history, c.ngram_buckets)  # (B, T, S)
+        for i, table in enumerate(self.ngram_embeds):
+            x = x + table(hashed[:, :, i])
         return self.encoder(x, position_ids, past_keys, past_values)
 
     def pool_patch(self, patch_hidden: Tensor) -> Tensor:
