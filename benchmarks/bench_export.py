@@ -26,8 +26,8 @@ from elr_export import export_cli, parity
 from elr_export.checkpoint import load_checkpoint, save_checkpoint
 from elr_export.config import ModelConfig
 from elr_export.model import ELRModel
-from elr_export.onnx_export import example_inputs, graph_module
-from elr_runtime.graph_io import GRAPH_INPUTS, GRAPH_NAMES, graph_filename
+from elr_export.onnx_export import example_inputs, graph_module, input_names
+from elr_runtime.graph_io import GRAPH_NAMES, graph_filename
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CHECKPOINT = REPO_ROOT / "models" / "default"
@@ -38,14 +38,14 @@ N_LATENT_STEPS = 4
 class TorchGraphSession:
     """A PyTorch graph module behind onnxruntime's `run` interface, for OnnxStepper."""
 
-    def __init__(self, module: torch.nn.Module, graph: str) -> None:
+    def __init__(self, module: torch.nn.Module, model: ELRModel, graph: str) -> None:
         self.module = module
-        self.graph = graph
+        self.names = input_names(model, graph)
 
     @torch.no_grad()
     def run(self, output_names: Sequence[str] | None,
             feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-        inputs = [torch.from_numpy(feeds[name]) for name in GRAPH_INPUTS[self.graph]]
+        inputs = [torch.from_numpy(feeds[name]) for name in self.names]
         return [t.numpy() for t in self.module(*inputs)]
 
 
@@ -122,8 +122,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         rule = ckpt.patch_rule()
         data = eval_text.read_bytes()
         backends = {
-            "PyTorch eager": {g: TorchGraphSession(graph_module(ckpt.model, g, N_LATENT_STEPS), g)
-                              for g in GRAPH_NAMES},
+            "PyTorch eager": {
+                g: TorchGraphSession(graph_module(ckpt.model, g, N_LATENT_STEPS), ckpt.model, g)
+                for g in GRAPH_NAMES},
             "onnxruntime fp32": parity.open_sessions(
                 {g: result.out / graph_filename(g, "fp32") for g in GRAPH_NAMES}),
             "onnxruntime int8": parity.open_sessions(

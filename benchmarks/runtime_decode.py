@@ -139,13 +139,13 @@ class TorchEagerDecoder:
     """The PyTorch model's step functions in eager mode, driven like the runtime's loop.
 
     Per byte: encoder_step, a global_step when the patch rule opens a new patch, then
-    decoder_step and a greedy choice. Caches are cut back to the attention window minus one
-    position once they grow past it by the runtime's slack, as the runtime does.
+    decoder_step and a greedy choice. Caches grow by concatenation and are cut back to the
+    attention window minus one position once they grow 16 positions past it, the usual way
+    of keeping a bounded KV cache in PyTorch.
     """
 
     def __init__(self, checkpoint: Path, threads: int) -> None:
         from elr_export.checkpoint import load_checkpoint
-        from elr_runtime.cache import default_slack
 
         ckpt = load_checkpoint(checkpoint)
         self.name = "torch eager"
@@ -154,9 +154,7 @@ class TorchEagerDecoder:
         self.rule = ckpt.patch_rule().incremental()
         config = self.model.config
         self.local_keep = config.local_window - 1
-        self.local_slack = default_slack(config.local_window)
         self.global_keep = config.global_window - 1
-        self.global_slack = default_slack(config.global_window)
 
     def decode(self, prompt: bytes, n_bytes: int) -> DecodeRun:
         import torch
@@ -208,8 +206,8 @@ class TorchEagerDecoder:
         model = self.model
         position = torch.tensor([[self.position]])
         hidden, *enc = model.encoder_step(torch.tensor([[current_id]]),
-                                          torch.tensor([self.recent]), position, *self.enc_cache)
-        self.enc_cache = _trim(enc, self.local_keep, self.local_slack)
+                                          torch.tensor([self.recent]), position, self.enc_cache)
+        self.enc_cache = _append(self.enc_cache, position, enc, self.local_keep)
         self.recent = [*self.recent[1:], current_id]
         self.pending.append(hidden)
 
@@ -221,15 +219,15 @@ class TorchEagerDecoder:
             closes = True
         if closes:
             patch = torch.cat(self.pending, dim=1) if len(self.pending) > 1 else self.pending[0]
-            self.context, *glob = model.global_step(patch, torch.tensor([[self.global_position]]),
-                                                    *self.glob_cache)
-            self.glob_cache = _trim(glob, self.global_keep, self.global_slack)
+            global_position = torch.tensor([[self.global_position]])
+            self.context, *glob = model.global_step(patch, global_position, self.glob_cache)
+            self.glob_cache = _append(self.glob_cache, global_position, glob, self.global_keep)
             self.pending = []
             self.global_position += 1
             self.global_steps += 1
 
-        logits, *dec = model.decoder_step(hidden, self.context, position, *self.dec_cache)
-        self.dec_cache = _trim(dec, self.local_keep, self.local_slack)
+        logits, *dec = model.decoder_step(hidden, self.context, position, self.dec_cache)
+        self.dec_cache = _append(self.dec_cache, position, dec, self.local_keep)
         self.position += 1
         return logits[0, -1]
 
@@ -243,12 +241,13 @@ class TorchEagerDecoder:
         return int(scores.argmax())
 
 
-def _trim(cache: list[Any], keep: int, slack: int) -> tuple[Any, Any]:
-    keys, values = cache
-    length = keys.shape[3]
-    if length <= keep + slack:
-        return keys, values
-    return keys[:, :, :, length - keep:], values[:, :, :, length - keep:]
+def _append(cache: Any, positions: Any, new: list[Any], keep: int, slack: int = 16) -> Any:
+    """Add a step's keys and values to a model Cache; cut it to `keep` slots past keep + slack."""
+    cache = cache.append(positions, *new)
+    if cache.capacity <= keep + slack:
+        return cache
+    return type(cache)(cache.positions[:, -keep:], [k[:, :, -keep:] for k in cache.keys],
+                       [v[:, :, -keep:] for v in cache.values])
 
 
 class PeerDecoder:

@@ -2,7 +2,8 @@
 the exported bundle.
 
 Everything is written under one work directory (build/bench_runtime by default) and reused
-on the next run while its source has not changed, so the export runs once per checkpoint.
+on the next run while its source has not changed, so the export runs once per checkpoint
+and exporter version.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ DEFAULT_WORK_DIR = REPO / "build" / "bench_runtime"
 DEFAULT_TEXT = REPO.parent / "shared" / "data" / "text" / "tinyshakespeare.txt"
 
 # Files of a checkpoint that export reads; the optimizer state is not needed.
+REPO_ROOT = Path(__file__).resolve().parents[1]
 CHECKPOINT_FILES = ("config.json", "model.safetensors", "frequency_table.elrt")
 # The runtime never runs the latent loop for plain decoding, so its length only sets the
 # size of one graph file; 4 matches the exporter's examples.
@@ -136,10 +138,15 @@ def prepare(checkpoint: Path, text: Path, work_dir: Path, fresh: bool) -> Prepar
     bundle = work_dir / "bundle"
     record_path = work_dir / "export.json"
 
+    # the export's own code is part of the key: a changed exporter exports again
+    exporter_files = sorted((REPO_ROOT / "export" / "elr_export").glob("*.py"))
+    exporter_files.append(REPO_ROOT / "runtime" / "elr_runtime" / "graph_io.py")
     source_sha = sha256_of_files([checkpoint / name for name in CHECKPOINT_FILES])
+    exporter_sha = sha256_of_files(exporter_files)
     if not fresh and record_path.is_file() and (bundle / "manifest.json").is_file():
         record = json.loads(record_path.read_text())
-        if record.get("source_sha256") == source_sha:
+        if record.get("source_sha256") == source_sha and \
+                record.get("exporter_sha256") == exporter_sha:
             return Prepared(ckpt_copy, held_out, bundle, record)
 
     if checkpoint.resolve() == ckpt_copy.resolve():
@@ -148,6 +155,7 @@ def prepare(checkpoint: Path, text: Path, work_dir: Path, fresh: bool) -> Prepar
         copied_sha = copy_checkpoint(checkpoint, ckpt_copy)
     record = export_bundle(ckpt_copy, held_out, bundle)
     record["source_sha256"] = copied_sha
+    record["exporter_sha256"] = exporter_sha
     record["source"] = str(checkpoint)
     record_path.write_text(json.dumps(record, indent=2) + "\n")
     return Prepared(ckpt_copy, held_out, bundle, record)

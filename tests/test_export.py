@@ -16,7 +16,7 @@ import torch
 from export_helpers import entropy_patching, tiny_model, torch_threads, train_briefly
 
 from elr_export import parity
-from elr_export.onnx_export import example_inputs, export_graphs, graph_module
+from elr_export.onnx_export import cache_stack, example_inputs, export_graphs, graph_module
 from elr_export.quantize import (
     QuantizationSettings,
     embedding_nodes,
@@ -27,11 +27,11 @@ from elr_export.reference import generate, sequence_tensors
 from elr_runtime.graph_io import (
     DECODER_GRAPH,
     ENCODER_GRAPH,
-    GRAPH_INPUTS,
     GRAPH_NAMES,
-    GRAPH_OUTPUTS,
     LATENT_GRAPH,
     graph_filename,
+    graph_inputs,
+    graph_outputs,
 )
 from elr_runtime.patching import PatchRule
 
@@ -79,8 +79,9 @@ def exported(tmp_path_factory, texts) -> SimpleNamespace:
 @pytest.mark.parametrize("graph", GRAPH_NAMES)
 def test_graph_io_names_match_graph_io(exported, graph):
     session = exported.fp32[graph]
-    assert [i.name for i in session.get_inputs()] == list(GRAPH_INPUTS[graph])
-    assert [o.name for o in session.get_outputs()] == list(GRAPH_OUTPUTS[graph])
+    n_layers = len(cache_stack(exported.model, graph).layers)
+    assert [i.name for i in session.get_inputs()] == list(graph_inputs(graph, n_layers))
+    assert [o.name for o in session.get_outputs()] == list(graph_outputs(graph))
 
 
 @pytest.mark.parametrize("graph", GRAPH_NAMES)
@@ -102,15 +103,16 @@ def test_batch_and_cache_axes_are_dynamic(exported, graph):
     proto = onnx.load(str(exported.fp32_paths[graph]))
     dims = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim]
             for i in proto.graph.input}
-    assert dims["past_keys"][1] == "batch"
-    assert dims["past_keys"][3] == "past_length"
+    assert dims["past_keys.0"][0] == "batch"
+    assert dims["past_keys.0"][2] == "capacity"
+    assert dims["past_positions"] == ["batch", "capacity"]
     assert dims["position_ids"][0] == "batch"
 
 
 def test_torchscript_exporter_matches_torch(exported, tmp_path):
     paths = export_graphs(exported.model, tmp_path, N_LATENT_STEPS, exporter="torchscript")
     sessions = parity.open_sessions(paths)
-    parity.check_io_names(sessions)
+    parity.check_io_names(sessions, exported.model)
     for graph in GRAPH_NAMES:
         result = parity.check_graph(exported.model, graph, sessions[graph], N_LATENT_STEPS)
         assert result.max_abs_diff <= parity.FP32_TOLERANCE, result.worst_case
@@ -143,7 +145,7 @@ def test_fp32_graph_matches_torch(exported, graph, cache, batch):
         with torch.no_grad():
             expected = [t.numpy() for t in module(*inputs.values())]
         actual = exported.fp32[graph].run(None, {k: v.numpy() for k, v in inputs.items()})
-        for name, want, got in zip(GRAPH_OUTPUTS[graph], expected, actual, strict=True):
+        for name, want, got in zip(graph_outputs(graph), expected, actual, strict=True):
             assert got.shape == want.shape, name
             assert np.abs(got - want).max() <= parity.FP32_TOLERANCE, name
 
@@ -154,10 +156,12 @@ def test_latent_loop_runs_manifest_count(exported):
     inputs = example_inputs(model, LATENT_GRAPH, 2, 1, 4, generator)
     hidden, keys, _ = exported.fp32[LATENT_GRAPH].run(
         None, {k: v.numpy() for k, v in inputs.items()})
-    assert keys.shape[3] == 4 + N_LATENT_STEPS
+    assert keys.shape[3] == N_LATENT_STEPS  # the keys of the steps it ran
+    module = graph_module(model, LATENT_GRAPH, N_LATENT_STEPS)
     with torch.no_grad():
         for steps in (N_LATENT_STEPS - 1, N_LATENT_STEPS, N_LATENT_STEPS + 1):
-            expected = model.latent_loop(*inputs.values(), n_latent_steps=steps)[0].numpy()
+            module.n_latent_steps = steps
+            expected = module(*inputs.values())[0].numpy()
             diff = np.abs(hidden - expected).max()
             if steps == N_LATENT_STEPS:
                 assert diff <= parity.FP32_TOLERANCE
@@ -175,7 +179,7 @@ def test_latent_count_read_from_graph(exported):
 
 @pytest.mark.parametrize("patching", ["fixed", "entropy"])
 def test_onnx_loop_logits_match_torch_steps(exported, texts, patching):
-    # 300 bytes: far past both windows, so cache trimming and the window mask are exercised
+    # 300 bytes: far past both windows, so full caches and the window mask are exercised
     diff = parity.check_sequence(exported.model, exported.fp32, exported.rules[patching],
                                  texts.held_out[:300])
     assert diff <= parity.FP32_TOLERANCE

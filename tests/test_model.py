@@ -7,9 +7,15 @@ import pytest
 import torch
 
 from elr_export.config import ModelConfig
-from elr_export.model import _HASH_BASES, ELRModel, estimate_flops_per_byte, ngram_hash_ids
+from elr_export.model import (
+    _HASH_BASES,
+    Cache,
+    ELRModel,
+    estimate_flops_per_byte,
+    ngram_hash_ids,
+)
 from elr_export.reference import patch_ids_from_mask, step_logits
-from elr_runtime.graph_io import BOS_ID
+from elr_runtime.graph_io import BOS_ID, EMPTY_POSITION
 
 # Step decoding reorders no arithmetic that matters, so fp32 results agree to rounding.
 STEP_TOLERANCE = 1e-5
@@ -78,15 +84,45 @@ def test_forward_is_causal():
 def test_latent_loop_runs_global_model_repeatedly():
     torch.manual_seed(0)
     model = ELRModel(tiny_config()).eval()
-    keys, values = model.global_model.empty_cache(1)
+    empty = model.global_model.empty_cache(1)
     start = torch.randn(1, 1, model.config.d_global)
     position = torch.tensor([[0]])
     with torch.no_grad():
-        twice, keys2, _ = model.latent_loop(start, position, keys, values, n_latent_steps=2)
-        once, k, v = model.global_model(start, position, keys, values)
-        manual, _, _ = model.global_model(once, position + 1, k, v)
+        twice, keys2, _ = model.latent_loop(start, position, empty, n_latent_steps=2)
+        once, k, v = model.global_model(start, position, empty)
+        manual, _, _ = model.global_model(once, position + 1, empty.append(position, k, v))
     assert keys2.shape[3] == 2
     assert torch.allclose(twice, manual, atol=1e-6)
+
+
+def test_cache_slots_may_be_in_any_order_and_empty():
+    """The runtime's ring buffers hold slots out of order, with empty slots at the start."""
+    torch.manual_seed(0)
+    model = ELRModel(tiny_config()).eval()
+    stack = model.decoder
+    width = model.config.d_local
+    cache = stack.empty_cache(1)
+    with torch.no_grad():
+        for position in range(12):  # more positions than the window of 8
+            positions = torch.tensor([[position]])
+            _, k, v = stack(torch.randn(1, 1, width), positions, cache)
+            cache = cache.append(positions, k, v)
+        x = torch.randn(1, 2, width)
+        new_positions = torch.tensor([[12, 13]])
+        expected = stack(x, new_positions, cache)[0]
+
+        # permute the slots and add empty ones holding garbage
+        order = torch.randperm(cache.capacity)
+        n_empty = 3
+        empty_positions = torch.full((1, n_empty), EMPTY_POSITION)
+        shuffled = Cache(
+            torch.cat((empty_positions, cache.positions[:, order]), dim=1),
+            [torch.cat((torch.randn(1, k.shape[1], n_empty, k.shape[3]), k[:, :, order]), dim=2)
+             for k in cache.keys],
+            [torch.cat((torch.randn(1, v.shape[1], n_empty, v.shape[3]), v[:, :, order]), dim=2)
+             for v in cache.values])
+        actual = stack(x, new_positions, shuffled)[0]
+    assert (actual - expected).abs().max().item() <= STEP_TOLERANCE
 
 
 def reference_ngram_hash(ids: list[int], position: int, n: int, buckets: int) -> int:

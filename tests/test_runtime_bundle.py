@@ -205,10 +205,19 @@ def test_global_graph_replaced_by_latent_loop(bundle):
 
 def test_cache_layout_mismatch(bundle):
     manifest = read_manifest(bundle)
-    manifest["caches"][DECODER_GRAPH]["n_layers"] += 1
+    manifest["caches"][DECODER_GRAPH]["n_heads"] += 1
     write_manifest(bundle, manifest)
     with pytest.raises(BundleError, match="belongs to another model"):
         open_sessions(load_bundle(bundle), "fp32")
+
+
+def test_cache_layer_count_mismatch(bundle):
+    # one more layer means one more pair of cache inputs than the manifest's io lists
+    manifest = read_manifest(bundle)
+    manifest["caches"][DECODER_GRAPH]["n_layers"] += 1
+    write_manifest(bundle, manifest)
+    with pytest.raises(BundleError, match="past_keys.2"):
+        load_bundle(bundle)
 
 
 def test_file_that_is_not_onnx(bundle):

@@ -8,9 +8,17 @@ import numpy as np
 import pytest
 
 from elr_runtime.bundle import CacheSpec
-from elr_runtime.cache import KVCache, default_slack
+from elr_runtime.cache import KVCache
 from elr_runtime.generate import StopMatcher
-from elr_runtime.graph_io import BOS_ID, BOT_ID, EOS_ID, PAD_ID, VOCAB_SIZE
+from elr_runtime.graph_io import (
+    BOS_ID,
+    BOT_ID,
+    EMPTY_POSITION,
+    EOS_ID,
+    PAD_ID,
+    VOCAB_SIZE,
+    past_key_name,
+)
 from elr_runtime.sampling import Sampler, SamplingSettings, mask_special_ids, probabilities
 
 
@@ -179,44 +187,52 @@ def test_empty_stop_sequence_is_rejected():
         StopMatcher([b""])
 
 
-# -- KV cache trimming ----------------------------------------------------------------------
+# -- KV cache ring buffers -------------------------------------------------------------------
 
 
-def present(cache: KVCache, new: int, start: int) -> tuple[np.ndarray, np.ndarray]:
-    """Return present tensors: the cache plus `new` positions numbered from `start`."""
-    spec = cache.spec
-    shape = (spec.n_layers, 1, spec.n_heads, new, spec.head_dim)
-    added = np.broadcast_to(np.arange(start, start + new, dtype=np.float32)[:, None],
-                            shape).copy()
-    keys = np.concatenate((cache.keys, added), axis=3)
-    values = np.concatenate((cache.values, -added), axis=3)
-    return keys, values
+def new_entries(spec: CacheSpec, start: int, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """Return graph outputs for `count` positions from `start`: keys hold their position."""
+    shape = (spec.n_layers, 1, spec.n_heads, count, spec.head_dim)
+    keys = np.broadcast_to(np.arange(start, start + count, dtype=np.float32)[:, None],
+                           shape).copy()
+    return keys, -keys
 
 
-def test_cache_never_exceeds_window_plus_slack():
+def cache_contents(cache: KVCache) -> dict[int, float]:
+    """Map each filled slot's position to the key stored with it (layer 0, head 0)."""
+    return {int(p): float(cache.keys[0][0, 0, slot, 0])
+            for slot, p in enumerate(cache.positions[0]) if p != EMPTY_POSITION}
+
+
+@pytest.mark.parametrize("calls", [[1] * 40, [5, 1, 30, 1, 1, 2], [3] * 9, [100], [7, 200, 1]])
+def test_ring_keeps_exactly_the_last_window_minus_one_positions(calls):
     spec = CacheSpec(n_layers=2, n_heads=2, head_dim=4, window=16)
-    cache = KVCache(spec)
-    bound = spec.window - 1 + default_slack(spec.window)
+    cache = KVCache(spec, initial_capacity=4)
     position = 0
-    for new in [1] * 100 + [5, 1, 30, 1, 1]:
-        cache.update(*present(cache, new, position))
-        position += new
-        assert cache.length <= max(bound, new + spec.window - 1)
-    assert cache.trims > 0
+    for count in calls:
+        cache.append(position, *new_entries(spec, position, count))
+        position += count
+        kept = cache_contents(cache)
+        expected = range(max(0, position - (spec.window - 1)), position)
+        assert sorted(kept) == list(expected)
+        assert all(key == p for p, key in kept.items())  # each key stayed with its position
+        assert cache.capacity <= spec.window - 1
+        values = cache.values[1][0, 1, :, 3]
+        filled = cache.positions[0] != EMPTY_POSITION
+        assert (values[filled] == -cache.positions[0][filled]).all()
 
 
-def test_trim_keeps_the_newest_positions_in_order():
-    spec = CacheSpec(n_layers=1, n_heads=1, head_dim=2, window=8)
-    cache = KVCache(spec, slack=3)
-    for position in range(11):  # 11 > 7 + 3 positions: one trim back to 7
-        cache.update(*present(cache, 1, position))
-    assert cache.length == 7
-    assert cache.keys[0, 0, 0, :, 0].tolist() == list(range(4, 11))
-    assert cache.values[0, 0, 0, :, 0].tolist() == [-p for p in range(4, 11)]
-    assert cache.keys.flags["C_CONTIGUOUS"]
-
-
-def test_slack_grows_with_window():
-    assert default_slack(1) == 1
-    assert default_slack(128) == 16
-    assert default_slack(512) == 32
+def test_ring_grows_by_doubling_then_writes_in_place():
+    spec = CacheSpec(n_layers=1, n_heads=1, head_dim=2, window=40)
+    cache = KVCache(spec, initial_capacity=4)
+    capacities = []
+    for position in range(60):
+        cache.append(position, *new_entries(spec, position, 1))
+        capacities.append(cache.capacity)
+    assert sorted(set(capacities)) == [4, 8, 16, 32, 39]
+    full = cache.keys[0]
+    feeds = cache.feeds()
+    cache.append(60, *new_entries(spec, 60, 1))
+    assert cache.keys[0] is full and feeds[past_key_name(0)] is full
+    cache.reset()
+    assert cache.capacity == 4 and cache_contents(cache) == {}

@@ -29,13 +29,13 @@ from elr_export.config import ModelConfig
 from elr_export.onnx_export import io_dtypes, io_shapes
 from elr_runtime.graph_io import (
     BUNDLE_FORMAT_VERSION,
-    GRAPH_INPUTS,
     GRAPH_NAMES,
-    GRAPH_OUTPUTS,
     MANIFEST_NAME,
     SPECIAL_IDS,
     TABLE_NAME,
     graph_filename,
+    graph_inputs,
+    graph_outputs,
 )
 
 logger = logging.getLogger(__name__)
@@ -128,11 +128,13 @@ def io_section(config: ModelConfig) -> dict[str, dict[str, Any]]:
     section = {}
     for graph in GRAPH_NAMES:
         shapes = io_shapes(config, graph)
-        dtypes = io_dtypes(graph)
-        names = GRAPH_INPUTS[graph] + GRAPH_OUTPUTS[graph]
+        dtypes = io_dtypes(config, graph)
+        inputs = graph_inputs(graph, cache_layout(config)[graph]["n_layers"])
+        outputs = graph_outputs(graph)
+        names = inputs + outputs
         section[graph] = {
-            "inputs": list(GRAPH_INPUTS[graph]),
-            "outputs": list(GRAPH_OUTPUTS[graph]),
+            "inputs": list(inputs),
+            "outputs": list(outputs),
             "shapes": {name: shapes[name] for name in names},
             "dtypes": {name: dtypes[name] for name in names},
         }

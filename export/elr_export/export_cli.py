@@ -295,7 +295,7 @@ def _check_graphs(model: ELRModel, sessions: dict[str, ort.InferenceSession],
     """Check names, latent step count and outputs of every fp32 graph against PyTorch."""
     with progress.step("check fp32 graphs against PyTorch") as note:
         try:
-            parity.check_io_names(sessions)
+            parity.check_io_names(sessions, model)
             latent_steps_in_graph = parity.check_latent_count(sessions, model.config,
                                                               n_latent_steps)
         except ValueError as err:

@@ -14,13 +14,17 @@ reads a future byte. `forward` runs a whole sequence for training; `encoder_step
 `global_step`, `latent_loop` and `decoder_step` run the same computation in pieces with
 explicit KV caches, one piece per ONNX graph of a bundle.
 
-KV caches are stacked over layers: (n_layers, batch, n_heads, past_length, head_dim).
-A cache holds the most recent positions in order, so key positions are the `past_length`
-positions just before the first new one; the runtime may drop the oldest entries once they
-fall out of the attention window without changing any output.
+A KV cache (`Cache`) is a set of slots: the absolute position of each slot's key, then one
+keys and one values tensor per layer, (batch, n_heads, capacity, head_dim). Slots may be in
+any order and may be empty (graph_io.EMPTY_POSITION); a query attends to the slots and new positions
+inside its window. The step functions return only the new positions' keys and values,
+stacked (n_layers, batch, n_heads, new_length, head_dim); `Cache.append` adds them for the
+next call. The runtime keeps the same slots in fixed-size ring buffers (see graph_io).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -98,22 +102,39 @@ def rotate(x: Tensor, cos: Tensor, sin: Tensor, half: int) -> Tensor:
     return x * cos + torch.cat((second, first), dim=-1) * sin
 
 
-def window_bias(position_ids: Tensor, past_length: int, window: int,
-                dtype: torch.dtype) -> Tensor:
-    """Return the (B, 1, T, past_length + T) additive mask of a causal sliding window.
+def window_bias(position_ids: Tensor, past_positions: Tensor, window: int) -> Tensor:
+    """Return the (B, 1, T, C + T) additive mask of a causal sliding window.
 
-    Query t at position q may see key position k when q - window < k <= q; other keys get
-    -inf. Keys are the `past_length` cached positions followed by the T new ones, contiguous
-    and in order.
+    Keys are the C cache slots at `past_positions` (B, C), then the T new positions. Query q
+    may see key k when q - window < k <= q; other keys get -inf.
     """
-    new_length = position_ids.shape[1]
-    offsets = torch.arange(past_length + new_length, device=position_ids.device) - past_length
-    key_positions = position_ids[:, :1] + offsets  # (B, P + T)
-    distance = position_ids[:, :, None] - key_positions[:, None, :]  # (B, T, P + T)
+    key_positions = torch.cat((past_positions, position_ids), dim=1)  # (B, C + T)
+    distance = position_ids[:, :, None] - key_positions[:, None, :]  # (B, T, C + T)
     visible = (distance >= 0) & (distance < window)
-    blocked = torch.full((), float("-inf"), dtype=dtype, device=position_ids.device)
-    zero = torch.zeros((), dtype=dtype, device=position_ids.device)
+    blocked = torch.full((), float("-inf"), device=position_ids.device)
+    zero = torch.zeros((), device=position_ids.device)
     return torch.where(visible, zero, blocked)[:, None]
+
+
+@dataclass
+class Cache:
+    """KV cache slots of one layer stack (see the module docstring)."""
+
+    positions: Tensor  # (B, C) int64
+    keys: list[Tensor]  # per layer (B, H, C, D)
+    values: list[Tensor]
+
+    def append(self, position_ids: Tensor, new_keys: Tensor, new_values: Tensor) -> Cache:
+        """Return the cache with new positions (B, T) and their stacked keys and values added."""
+        return Cache(torch.cat((self.positions, position_ids), dim=1),
+                     [torch.cat((k, new), dim=2) for k, new in zip(self.keys, new_keys,
+                                                                   strict=True)],
+                     [torch.cat((v, new), dim=2) for v, new in zip(self.values, new_values,
+                                                                   strict=True)])
+
+    @property
+    def capacity(self) -> int:
+        return self.positions.shape[1]
 
 
 class Attention(nn.Module):
@@ -127,20 +148,30 @@ class Attention(nn.Module):
 
     def forward(self, x: Tensor, rotary: tuple[Tensor, Tensor], bias: Tensor,
                 past_key: Tensor, past_value: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Attend over the cache slots and the new positions; return (y, new k, new v)."""
         batch, length, width = x.shape
         # (B, T, 3 * W) -> (B, 3 * H, T, D): queries, keys and values of every head
         qkv = self.qkv(x).view(batch, length, 3 * self.n_heads, self.head_dim).transpose(1, 2)
         # queries and keys are rotated together, one rotation per layer
         qk, v = qkv.split((2 * self.n_heads, self.n_heads), dim=1)
         q, k = rotate(qk, *rotary, self.head_dim // 2).to(v.dtype).split(self.n_heads, dim=1)
+        scale = self.head_dim ** -0.5
 
-        key = torch.cat((past_key.to(k.dtype), k), dim=2)  # (B, H, P + T, D)
-        value = torch.cat((past_value.to(v.dtype), v), dim=2)
-        dropout = self.dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, key, value, attn_mask=bias.to(q.dtype),
-                                           dropout_p=dropout, scale=self.head_dim ** -0.5)
+        if self.training:
+            # training runs whole sequences: the fused kernel over one concatenated sequence
+            key = torch.cat((past_key.to(k.dtype), k), dim=2)
+            value = torch.cat((past_value.to(v.dtype), v), dim=2)
+            y = F.scaled_dot_product_attention(q, key, value, attn_mask=bias.to(q.dtype),
+                                               dropout_p=self.dropout, scale=scale)
+        else:
+            # cache slots and new positions are scored separately and never concatenated,
+            # so a step reads the cache where it lies instead of copying it
+            n_slots = past_key.shape[2]
+            scores = torch.cat((q @ past_key.transpose(2, 3), q @ k.transpose(2, 3)), dim=3)
+            weights = (scores * scale + bias).softmax(dim=-1)  # (B, H, T, C + T)
+            y = weights[..., :n_slots] @ past_value + weights[..., n_slots:] @ v
         y = y.transpose(1, 2).reshape(batch, length, width)
-        return self.out(y), key, value
+        return self.out(y), k, v
 
 
 class Block(nn.Module):
@@ -181,18 +212,23 @@ class Stack(nn.Module):
             Block(d_model, n_heads, config.mlp_ratio, config.dropout) for _ in range(n_layers))
         self.norm = nn.LayerNorm(d_model)
 
-    def empty_cache(self, batch: int, device: torch.device | None = None) -> tuple[Tensor, Tensor]:
-        shape = (len(self.layers), batch, self.n_heads, 0, self.head_dim)
-        return torch.zeros(shape, device=device), torch.zeros(shape, device=device)
+    def empty_cache(self, batch: int, device: torch.device | None = None) -> Cache:
+        """Return a cache without slots."""
+        shape = (batch, self.n_heads, 0, self.head_dim)
+        return Cache(torch.zeros((batch, 0), dtype=torch.long, device=device),
+                     [torch.zeros(shape, device=device) for _ in self.layers],
+                     [torch.zeros(shape, device=device) for _ in self.layers])
 
-    def forward(self, x: Tensor, position_ids: Tensor, past_keys: Tensor,
-                past_values: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def forward(self, x: Tensor, position_ids: Tensor,
+                cache: Cache) -> tuple[Tensor, Tensor, Tensor]:
+        """Run new positions (B, T) over `cache`; return (output, new keys, new values)."""
         # position-dependent tables, built once and shared by every layer
-        bias = window_bias(position_ids, past_keys.shape[3], self.window, torch.float32)
+        bias = window_bias(position_ids, cache.positions, self.window)
         rotary = rotary_tables(position_ids, self.head_dim, self.rope_base)
         keys, values = [], []
-        for i, layer in enumerate(self.layers):
-            x, key, value = layer(x, rotary, bias, past_keys[i], past_values[i])
+        for layer, past_key, past_value in zip(self.layers, cache.keys, cache.values,
+                                               strict=True):
+            x, key, value = layer(x, rotary, bias, past_key, past_value)
             keys.append(key)
             values.append(value)
         return self.norm(x), torch.stack(keys), torch.stack(values)
@@ -233,7 +269,7 @@ class ELRModel(nn.Module):
     # -- the four parts the runtime calls ---------------------------------------------------
 
     def encoder_step(self, byte_ids: Tensor, prev_byte_ids: Tensor, position_ids: Tensor,
-                     past_keys: Tensor, past_values: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+                     cache: Cache) -> tuple[Tensor, Tensor, Tensor]:
         """Encode new bytes. byte_ids (B, T); prev_byte_ids (B, ngram_history)."""
         c = self.config
         history = c.ngram_history
@@ -242,36 +278,40 @@ class ELRModel(nn.Module):
         hashed = ngram_hash_ids(ids, c.ngram_sizes, history, c.ngram_buckets)  # (B, T, S)
         for i, table in enumerate(self.ngram_embeds):
             x = x + table(hashed[:, :, i])
-        return self.encoder(x, position_ids, past_keys, past_values)
+        return self.encoder(x, position_ids, cache)
 
     def pool_patch(self, patch_hidden: Tensor) -> Tensor:
         """Pool one patch of encoder states (B, L, d_local) into a global input (B, 1, d_global)."""
         pooled = torch.cat((patch_hidden.mean(dim=1), patch_hidden[:, -1]), dim=-1)
         return self.patch_proj(pooled)[:, None]
 
-    def global_step(self, patch_hidden: Tensor, position_ids: Tensor, past_keys: Tensor,
-                    past_values: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def global_step(self, patch_hidden: Tensor, position_ids: Tensor,
+                    cache: Cache) -> tuple[Tensor, Tensor, Tensor]:
         """Advance the global model by one finished patch. position_ids (B, 1)."""
-        return self.global_model(self.pool_patch(patch_hidden), position_ids, past_keys,
-                                 past_values)
+        return self.global_model(self.pool_patch(patch_hidden), position_ids, cache)
 
-    def latent_loop(self, latent_input: Tensor, position_ids: Tensor, past_keys: Tensor,
-                    past_values: Tensor, n_latent_steps: int) -> tuple[Tensor, Tensor, Tensor]:
+    def latent_loop(self, latent_input: Tensor, position_ids: Tensor, cache: Cache,
+                    n_latent_steps: int) -> tuple[Tensor, Tensor, Tensor]:
         """Feed the last global hidden state back as the next global input, n_latent_steps times.
 
         latent_input (B, 1, d_global); position_ids (B, 1) is the position of the first step.
+        Returns the last hidden state and the keys and values of all n_latent_steps steps.
         """
         hidden = latent_input
+        keys, values = [], []
         for step in range(n_latent_steps):
-            hidden, past_keys, past_values = self.global_model(
-                hidden, position_ids + step, past_keys, past_values)
-        return hidden, past_keys, past_values
+            positions = position_ids + step
+            hidden, new_keys, new_values = self.global_model(hidden, positions, cache)
+            cache = cache.append(positions, new_keys, new_values)
+            keys.append(new_keys)
+            values.append(new_values)
+        return hidden, torch.cat(keys, dim=3), torch.cat(values, dim=3)
 
     def decoder_step(self, encoder_hidden: Tensor, global_context: Tensor, position_ids: Tensor,
-                     past_keys: Tensor, past_values: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+                     cache: Cache) -> tuple[Tensor, Tensor, Tensor]:
         """Predict the byte after each new position. Returns logits (B, T, vocab_size)."""
         x = encoder_hidden + self.context_proj(global_context)
-        x, keys, values = self.decoder(x, position_ids, past_keys, past_values)
+        x, keys, values = self.decoder(x, position_ids, cache)
         return self.head(x), keys, values
 
     # -- full-sequence forward for training --------------------------------------------------
@@ -292,8 +332,8 @@ class ELRModel(nn.Module):
         # encode every byte, with PAD as the n-gram history before BOS
         history = torch.full((batch, self.config.ngram_history), PAD_ID, dtype=torch.long,
                              device=device)
-        empty_keys, empty_values = self.encoder.empty_cache(batch, device)
-        hidden, _, _ = self.encoder_step(byte_ids, history, positions, empty_keys, empty_values)
+        hidden, _, _ = self.encoder_step(byte_ids, history, positions,
+                                         self.encoder.empty_cache(batch, device))
 
         # pool each patch into one global input: [mean, last] of its encoder states
         global_inputs = self._pool_patches(hidden, patch_ids[:, :length])  # (B, N, d_global)
@@ -301,17 +341,16 @@ class ELRModel(nn.Module):
         # global model over patches
         n_patches = global_inputs.shape[1]
         global_positions = torch.arange(n_patches, device=device).expand(batch, n_patches)
-        empty_keys, empty_values = self.global_model.empty_cache(batch, device)
-        global_hidden, _, _ = self.global_model(global_inputs, global_positions, empty_keys,
-                                                empty_values)
+        global_hidden, _, _ = self.global_model(global_inputs, global_positions,
+                                                self.global_model.empty_cache(batch, device))
 
         # decoder: position t reads the last patch finished before byte t + 1
         context_ids = (patch_ids[:, 1:] - 1).clamp(min=0)  # (B, T)
         context = torch.gather(
             global_hidden, 1,
             context_ids[:, :, None].expand(batch, length, global_hidden.shape[-1]))
-        empty_keys, empty_values = self.decoder.empty_cache(batch, device)
-        logits, _, _ = self.decoder_step(hidden, context, positions, empty_keys, empty_values)
+        logits, _, _ = self.decoder_step(hidden, context, positions,
+                                         self.decoder.empty_cache(batch, device))
         return logits
 
     def _pool_patches(self, hidden: Tensor, patch_ids: Tensor) -> Tensor:

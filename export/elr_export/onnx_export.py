@@ -25,9 +25,10 @@ import torch
 from torch import Tensor, nn
 
 from elr_export.config import ModelConfig
-from elr_export.model import ELRModel, Stack
+from elr_export.model import Cache, ELRModel, Stack
 from elr_runtime.graph_io import (
     DECODER_GRAPH,
+    EMPTY_POSITION,
     ENCODER_GRAPH,
     GLOBAL_GRAPH,
     GRAPH_INPUTS,
@@ -35,7 +36,14 @@ from elr_runtime.graph_io import (
     GRAPH_OUTPUTS,
     LATENT_GRAPH,
     N_SPECIAL_IDS,
+    NEW_KEYS,
+    NEW_VALUES,
+    POSITIONS_INPUT,
     graph_filename,
+    graph_inputs,
+    graph_outputs,
+    past_key_name,
+    past_value_name,
 )
 
 logger = logging.getLogger(__name__)
@@ -69,73 +77,46 @@ _WRAPPER_ATTRIBUTE = "model"
 # -- wrapper modules, one per graph ---------------------------------------------------------
 
 
-class EncoderStepGraph(nn.Module):
-    """`ELRModel.encoder_step` with the graph_io input names."""
+class StepGraph(nn.Module):
+    """One step function of an ELRModel with the graph's inputs as positional arguments.
 
-    def __init__(self, model: ELRModel) -> None:
+    The arguments follow `graph_io.graph_inputs`: the graph's own inputs, then the cache
+    positions, then the keys and values of each layer. The latent loop's step count is fixed
+    here, so the export unrolls the loop.
+    """
+
+    def __init__(self, model: ELRModel, graph: str, n_latent_steps: int) -> None:
         super().__init__()
-        self.model = model
-
-    def forward(self, byte_ids: Tensor, prev_byte_ids: Tensor, position_ids: Tensor,
-                past_keys: Tensor, past_values: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        return self.model.encoder_step(byte_ids, prev_byte_ids, position_ids, past_keys,
-                                       past_values)
-
-
-class GlobalStepGraph(nn.Module):
-    """`ELRModel.global_step` with the graph_io input names."""
-
-    def __init__(self, model: ELRModel) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, patch_hidden: Tensor, position_ids: Tensor, past_keys: Tensor,
-                past_values: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        return self.model.global_step(patch_hidden, position_ids, past_keys, past_values)
-
-
-class LatentLoopGraph(nn.Module):
-    """`ELRModel.latent_loop` with the step count fixed, so the export unrolls the loop."""
-
-    def __init__(self, model: ELRModel, n_latent_steps: int) -> None:
-        super().__init__()
-        if n_latent_steps < 1:
+        if graph not in GRAPH_NAMES:
+            raise ValueError(f"unknown graph {graph!r}: expected one of {GRAPH_NAMES}")
+        if graph == LATENT_GRAPH and n_latent_steps < 1:
             raise ValueError(f"n_latent_steps={n_latent_steps} must be at least 1")
         self.model = model
+        self.graph = graph
         self.n_latent_steps = n_latent_steps
+        self.n_own = len(GRAPH_INPUTS[graph])
 
-    def forward(self, latent_input: Tensor, position_ids: Tensor, past_keys: Tensor,
-                past_values: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        return self.model.latent_loop(latent_input, position_ids, past_keys, past_values,
-                                      self.n_latent_steps)
-
-
-class DecoderStepGraph(nn.Module):
-    """`ELRModel.decoder_step` with the graph_io input names."""
-
-    def __init__(self, model: ELRModel) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, encoder_hidden: Tensor, global_context: Tensor, position_ids: Tensor,
-                past_keys: Tensor, past_values: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        return self.model.decoder_step(encoder_hidden, global_context, position_ids, past_keys,
-                                       past_values)
+    def forward(self, *inputs: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        own = inputs[:self.n_own]
+        positions, *layers = inputs[self.n_own:]
+        cache = Cache(positions, list(layers[0::2]), list(layers[1::2]))
+        if self.graph == ENCODER_GRAPH:
+            return self.model.encoder_step(*own, cache)
+        if self.graph == GLOBAL_GRAPH:
+            return self.model.global_step(*own, cache)
+        if self.graph == LATENT_GRAPH:
+            return self.model.latent_loop(*own, cache, self.n_latent_steps)
+        return self.model.decoder_step(*own, cache)
 
 
 def graph_module(model: ELRModel, graph: str, n_latent_steps: int) -> nn.Module:
     """Return the wrapper module of `graph`, in eval mode."""
-    if graph == ENCODER_GRAPH:
-        module: nn.Module = EncoderStepGraph(model)
-    elif graph == GLOBAL_GRAPH:
-        module = GlobalStepGraph(model)
-    elif graph == LATENT_GRAPH:
-        module = LatentLoopGraph(model, n_latent_steps)
-    elif graph == DECODER_GRAPH:
-        module = DecoderStepGraph(model)
-    else:
-        raise ValueError(f"unknown graph {graph!r}: expected one of {GRAPH_NAMES}")
-    return module.eval()
+    return StepGraph(model, graph, n_latent_steps).eval()
+
+
+def input_names(model: ELRModel, graph: str) -> tuple[str, ...]:
+    """Return the input names of `graph` for this model's layer counts."""
+    return graph_inputs(graph, len(cache_stack(model, graph).layers))
 
 
 def cache_stack(model: ELRModel, graph: str) -> Stack:
@@ -159,73 +140,74 @@ def example_inputs(model: ELRModel, graph: str, batch: int, new_length: int, pas
     new_length is the number of new bytes for the encoder and decoder, and the patch length
     for the global step. The latent loop always takes one input vector. Position ids start
     at past_length plus a random offset per batch row, so rows sit at different positions.
+    The cache has past_length slots holding the positions just before, in a random order
+    like a ring buffer's, with one slot empty when there are three or more.
     """
     c = model.config
     stack = cache_stack(model, graph)
-    cache_shape = (len(stack.layers), batch, stack.n_heads, past_length, stack.head_dim)
-    caches = {
-        "past_keys": torch.randn(cache_shape, generator=generator),
-        "past_values": torch.randn(cache_shape, generator=generator),
-    }
     step_length = 1 if graph in (GLOBAL_GRAPH, LATENT_GRAPH) else new_length
     offsets = torch.randint(0, 5, (batch, 1), generator=generator)
     position_ids = past_length + offsets + torch.arange(step_length)[None]  # (B, T)
 
+    past_positions = offsets + torch.arange(past_length)[None]  # (B, C)
+    order = torch.randperm(past_length, generator=generator)
+    past_positions = past_positions[:, order]
+    if past_length >= 3:
+        past_positions[:, 0] = EMPTY_POSITION
+    caches: dict[str, Tensor] = {POSITIONS_INPUT: past_positions}
+    cache_shape = (batch, stack.n_heads, past_length, stack.head_dim)
+    for layer in range(len(stack.layers)):
+        caches[past_key_name(layer)] = torch.randn(cache_shape, generator=generator)
+        caches[past_value_name(layer)] = torch.randn(cache_shape, generator=generator)
+
     if graph == ENCODER_GRAPH:
-        return {
+        own = {
             "byte_ids": torch.randint(0, N_SPECIAL_IDS, (batch, new_length), generator=generator),
             "prev_byte_ids": torch.randint(0, N_SPECIAL_IDS, (batch, c.ngram_history),
                                            generator=generator),
-            "position_ids": position_ids,
-            **caches,
         }
-    if graph == GLOBAL_GRAPH:
-        return {
-            "patch_hidden": torch.randn(batch, new_length, c.d_local, generator=generator),
-            "position_ids": position_ids,
-            **caches,
-        }
-    if graph == LATENT_GRAPH:
-        return {
-            "latent_input": torch.randn(batch, 1, c.d_global, generator=generator),
-            "position_ids": position_ids,
-            **caches,
-        }
-    if graph == DECODER_GRAPH:
-        return {
+    elif graph == GLOBAL_GRAPH:
+        own = {"patch_hidden": torch.randn(batch, new_length, c.d_local, generator=generator)}
+    elif graph == LATENT_GRAPH:
+        own = {"latent_input": torch.randn(batch, 1, c.d_global, generator=generator)}
+    elif graph == DECODER_GRAPH:
+        own = {
             "encoder_hidden": torch.randn(batch, new_length, c.d_local, generator=generator),
             "global_context": torch.randn(batch, new_length, c.d_global, generator=generator),
-            "position_ids": position_ids,
-            **caches,
         }
-    raise ValueError(f"unknown graph {graph!r}: expected one of {GRAPH_NAMES}")
+    else:
+        raise ValueError(f"unknown graph {graph!r}: expected one of {GRAPH_NAMES}")
+    return {**own, "position_ids": position_ids, **caches}
 
 
-def dynamic_shapes(graph: str) -> dict[str, dict[int, torch.export.Dim]]:
-    """Return the torch.export dynamic dimensions of `graph`'s inputs.
+def dynamic_shapes(model: ELRModel, graph: str) -> dict[str, dict[int, torch.export.Dim]]:
+    """Return the torch.export dynamic dimensions of `graph`'s inputs, keyed by input name.
 
-    Batch and lengths are dynamic; the past length may be 0 (an empty cache), the others
-    are at least 1.
+    Batch, lengths and the cache capacity are dynamic; the capacity may be 0 (no cache
+    slots), the others are at least 1.
     """
     batch = torch.export.Dim("batch", min=1, max=_MAX_BATCH)
-    past = torch.export.Dim("past_length", min=0, max=_MAX_LENGTH)
-    cache = {1: batch, 3: past}
+    capacity = torch.export.Dim("capacity", min=0, max=_MAX_LENGTH)
+    shapes: dict[str, dict[int, torch.export.Dim]] = {POSITIONS_INPUT: {0: batch, 1: capacity}}
+    for layer in range(len(cache_stack(model, graph).layers)):
+        shapes[past_key_name(layer)] = {0: batch, 2: capacity}
+        shapes[past_value_name(layer)] = {0: batch, 2: capacity}
     if graph == ENCODER_GRAPH:
         new = torch.export.Dim("new_length", min=1, max=_MAX_LENGTH)
-        return {"byte_ids": {0: batch, 1: new}, "prev_byte_ids": {0: batch},
-                "position_ids": {0: batch, 1: new}, "past_keys": cache, "past_values": cache}
-    if graph == GLOBAL_GRAPH:
+        own = {"byte_ids": {0: batch, 1: new}, "prev_byte_ids": {0: batch},
+               "position_ids": {0: batch, 1: new}}
+    elif graph == GLOBAL_GRAPH:
         patch = torch.export.Dim("patch_length", min=1, max=_MAX_LENGTH)
-        return {"patch_hidden": {0: batch, 1: patch}, "position_ids": {0: batch},
-                "past_keys": cache, "past_values": cache}
-    if graph == LATENT_GRAPH:
-        return {"latent_input": {0: batch}, "position_ids": {0: batch},
-                "past_keys": cache, "past_values": cache}
-    if graph == DECODER_GRAPH:
+        own = {"patch_hidden": {0: batch, 1: patch}, "position_ids": {0: batch}}
+    elif graph == LATENT_GRAPH:
+        own = {"latent_input": {0: batch}, "position_ids": {0: batch}}
+    elif graph == DECODER_GRAPH:
         new = torch.export.Dim("new_length", min=1, max=_MAX_LENGTH)
-        return {"encoder_hidden": {0: batch, 1: new}, "global_context": {0: batch, 1: new},
-                "position_ids": {0: batch, 1: new}, "past_keys": cache, "past_values": cache}
-    raise ValueError(f"unknown graph {graph!r}: expected one of {GRAPH_NAMES}")
+        own = {"encoder_hidden": {0: batch, 1: new}, "global_context": {0: batch, 1: new},
+               "position_ids": {0: batch, 1: new}}
+    else:
+        raise ValueError(f"unknown graph {graph!r}: expected one of {GRAPH_NAMES}")
+    return {**own, **shapes}
 
 
 def io_shapes(config: ModelConfig, graph: str) -> dict[str, list[int | str]]:
@@ -237,16 +219,18 @@ def io_shapes(config: ModelConfig, graph: str) -> dict[str, list[int | str]]:
     else:
         layers, heads, width = config.n_global_layers, config.n_global_heads, config.d_global
     head_dim = width // heads
-    past: list[int | str] = [layers, "batch", heads, "past_length", head_dim]
     step = "new_length" if graph in (ENCODER_GRAPH, DECODER_GRAPH) else 1
     growth = "new_length" if graph in (ENCODER_GRAPH, DECODER_GRAPH) else (
         "n_latent_steps" if graph == LATENT_GRAPH else 1)
-    present: list[int | str] = [layers, "batch", heads, f"past_length + {growth}", head_dim]
+    new: list[int | str] = [layers, "batch", heads, growth, head_dim]
     shapes: dict[str, list[int | str]] = {
-        "past_keys": past, "past_values": past,
-        "present_keys": present, "present_values": present,
+        POSITIONS_INPUT: ["batch", "capacity"],
+        NEW_KEYS: new, NEW_VALUES: new,
         "position_ids": ["batch", step],
     }
+    for layer in range(layers):
+        shapes[past_key_name(layer)] = ["batch", heads, "capacity", head_dim]
+        shapes[past_value_name(layer)] = ["batch", heads, "capacity", head_dim]
     if graph == ENCODER_GRAPH:
         shapes.update(byte_ids=["batch", "new_length"],
                       prev_byte_ids=["batch", config.ngram_history],
@@ -264,11 +248,10 @@ def io_shapes(config: ModelConfig, graph: str) -> dict[str, list[int | str]]:
     return shapes
 
 
-def io_dtypes(graph: str) -> dict[str, str]:
+def io_dtypes(config: ModelConfig, graph: str) -> dict[str, str]:
     """Return the element type of every input and output of `graph` ("int64" or "float32")."""
-    integer = {"byte_ids", "prev_byte_ids", "position_ids"}
-    names = GRAPH_INPUTS[graph] + GRAPH_OUTPUTS[graph]
-    return {name: "int64" if name in integer else "float32" for name in names}
+    integer = {"byte_ids", "prev_byte_ids", "position_ids", POSITIONS_INPUT}
+    return {name: "int64" if name in integer else "float32" for name in io_shapes(config, graph)}
 
 
 # -- export ---------------------------------------------------------------------------------
@@ -318,11 +301,13 @@ def export_graph(model: ELRModel, graph: str, path: str | Path, opset: int = DEF
 
 def _export_dynamo(module: nn.Module, graph: str, inputs: dict[str, Tensor],
                    opset: int) -> onnx.ModelProto:
+    dims = dynamic_shapes(module.model, graph)
     with torch.no_grad(), _quiet_exporter():
         program = torch.onnx.export(
             module, tuple(inputs.values()), None, dynamo=True, verbose=False,
-            input_names=list(GRAPH_INPUTS[graph]), output_names=list(GRAPH_OUTPUTS[graph]),
-            dynamic_shapes=dynamic_shapes(graph), opset_version=opset, optimize=True)
+            input_names=list(inputs), output_names=list(graph_outputs(graph)),
+            dynamic_shapes=(tuple(dims[name] for name in inputs),), opset_version=opset,
+            optimize=True)
     if program is None:
         raise RuntimeError(f"torch.onnx.export returned no program for graph {graph!r}")
     return program.model_proto
@@ -331,21 +316,21 @@ def _export_dynamo(module: nn.Module, graph: str, inputs: dict[str, Tensor],
 def _export_torchscript(module: nn.Module, graph: str, inputs: dict[str, Tensor],
                         opset: int) -> onnx.ModelProto:
     axes = {name: {axis: dim.__name__ for axis, dim in dims.items()}
-            for name, dims in dynamic_shapes(graph).items()}
+            for name, dims in dynamic_shapes(module.model, graph).items()}
     axes.update(output_dynamic_axes(graph))
     buffer = io.BytesIO()
     with torch.no_grad(), _quiet_exporter():
         torch.onnx.export(
             module, tuple(inputs.values()), buffer, dynamo=False,
-            input_names=list(GRAPH_INPUTS[graph]), output_names=list(GRAPH_OUTPUTS[graph]),
+            input_names=list(inputs), output_names=list(graph_outputs(graph)),
             dynamic_axes=axes, opset_version=opset)
     return onnx.load_from_string(buffer.getvalue())
 
 
 def output_dynamic_axes(graph: str) -> dict[str, dict[int, str]]:
     """Return the dynamic axes of `graph`'s outputs, named for the TorchScript exporter."""
-    present = {1: "batch", 3: "present_length"}
-    axes: dict[str, dict[int, str]] = {"present_keys": present, "present_values": present}
+    new = {1: "batch", 3: "new_length"}
+    axes: dict[str, dict[int, str]] = {NEW_KEYS: new, NEW_VALUES: new}
     first = GRAPH_OUTPUTS[graph][0]
     if graph in (ENCODER_GRAPH, DECODER_GRAPH):
         axes[first] = {0: "batch", 1: "new_length"}

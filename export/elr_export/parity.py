@@ -26,16 +26,19 @@ import torch
 
 from elr_export.config import ModelConfig
 from elr_export.model import ELRModel
-from elr_export.onnx_export import cache_stack, example_inputs, graph_module
+from elr_export.onnx_export import cache_stack, example_inputs, graph_module, input_names
 from elr_export.reference import generate, step_logits
 from elr_runtime.graph_io import (
     BOS_ID,
     EOS_ID,
-    GRAPH_INPUTS,
     GRAPH_NAMES,
-    GRAPH_OUTPUTS,
     LATENT_GRAPH,
+    NEW_KEYS,
     PAD_ID,
+    POSITIONS_INPUT,
+    graph_outputs,
+    past_key_name,
+    past_value_name,
 )
 from elr_runtime.patching import PatchRule
 
@@ -106,9 +109,9 @@ def check_graph(model: ELRModel, graph: str, session: ort.InferenceSession,
             for past_length in parity_cache_lengths(model, graph):
                 inputs = example_inputs(model, graph, batch, new_length, past_length, generator)
                 expected = module(*inputs.values())
-                actual = session.run(list(GRAPH_OUTPUTS[graph]),
-                                     {name: t.numpy() for name, t in inputs.items()})
-                for name, want, got in zip(GRAPH_OUTPUTS[graph], expected, actual, strict=True):
+                outputs = list(graph_outputs(graph))
+                actual = session.run(outputs, {name: t.numpy() for name, t in inputs.items()})
+                for name, want, got in zip(outputs, expected, actual, strict=True):
                     case = (f"{name} at batch {batch}, new length {new_length}, cache length "
                             f"{past_length}")
                     if tuple(want.shape) != got.shape:
@@ -128,26 +131,51 @@ def check_graph(model: ELRModel, graph: str, session: ort.InferenceSession,
 
 def latent_steps_in_graph(session: ort.InferenceSession, config: ModelConfig) -> int:
     """Run the latent loop graph on an empty cache and return how many positions it adds."""
-    head_dim = config.d_global // config.n_global_heads
-    empty = np.zeros((config.n_global_layers, 1, config.n_global_heads, 0, head_dim),
-                     dtype=np.float32)
+    cache = _LinearCache(config.n_global_layers, config.n_global_heads, config.d_global,
+                         config.global_window)
     feeds = {
         "latent_input": np.zeros((1, 1, config.d_global), dtype=np.float32),
         "position_ids": np.zeros((1, 1), dtype=np.int64),
-        "past_keys": empty,
-        "past_values": empty,
+        **cache.feeds(),
     }
-    present_keys = session.run(["present_keys"], feeds)[0]
-    return int(present_keys.shape[3])
+    new_keys = session.run([NEW_KEYS], feeds)[0]
+    return int(new_keys.shape[3])
 
 
 # -- 2. the whole loop through onnxruntime --------------------------------------------------
 
 
-def _trim(cache: np.ndarray, keep: int) -> np.ndarray:
-    """Keep the last `keep` positions of a stacked cache (n_layers, B, H, length, D)."""
-    start = max(0, cache.shape[3] - keep)
-    return cache[:, :, :, start:]
+class _LinearCache:
+    """A stack's cache slots in position order, cut to the last window - 1 after each call.
+
+    Deliberately not the runtime's ring buffer (`elr_runtime.cache`): the two must give the
+    same outputs, and this one is simple enough to check by eye.
+    """
+
+    def __init__(self, n_layers: int, n_heads: int, width: int, window: int) -> None:
+        self.n_layers = n_layers
+        self.keep = window - 1
+        self.positions = np.zeros((1, 0), dtype=np.int64)
+        empty = np.zeros((1, n_heads, 0, width // n_heads), dtype=np.float32)
+        self.keys = [empty] * n_layers
+        self.values = [empty] * n_layers
+
+    def feeds(self) -> dict[str, np.ndarray]:
+        feeds = {POSITIONS_INPUT: self.positions}
+        for layer in range(self.n_layers):
+            feeds[past_key_name(layer)] = self.keys[layer]
+            feeds[past_value_name(layer)] = self.values[layer]
+        return feeds
+
+    def append(self, first_position: int, new_keys: np.ndarray, new_values: np.ndarray) -> None:
+        count = new_keys.shape[3]
+        new_positions = np.arange(first_position, first_position + count, dtype=np.int64)[None]
+        start = max(0, self.positions.shape[1] + count - self.keep)
+        self.positions = np.concatenate((self.positions, new_positions), axis=1)[:, start:]
+        self.keys = [np.ascontiguousarray(np.concatenate((k, new), axis=2)[:, :, start:])
+                     for k, new in zip(self.keys, new_keys, strict=True)]
+        self.values = [np.ascontiguousarray(np.concatenate((v, new), axis=2)[:, :, start:])
+                       for v, new in zip(self.values, new_values, strict=True)]
 
 
 class OnnxStepper:
@@ -163,42 +191,41 @@ class OnnxStepper:
         self.config = config
         self.reset()
 
-    @staticmethod
-    def _empty_cache(n_layers: int, n_heads: int, width: int) -> list[np.ndarray]:
-        shape = (n_layers, 1, n_heads, 0, width // n_heads)
-        return [np.zeros(shape, dtype=np.float32), np.zeros(shape, dtype=np.float32)]
-
     def reset(self) -> None:
         c = self.config
         self.position = 0
         self.history = np.full((1, c.ngram_history), PAD_ID, dtype=np.int64)
-        self.encoder_cache = self._empty_cache(c.n_encoder_layers, c.n_local_heads, c.d_local)
-        self.global_cache = self._empty_cache(c.n_global_layers, c.n_global_heads, c.d_global)
-        self.decoder_cache = self._empty_cache(c.n_decoder_layers, c.n_local_heads, c.d_local)
+        self.encoder_cache = _LinearCache(c.n_encoder_layers, c.n_local_heads, c.d_local,
+                                          c.local_window)
+        self.global_cache = _LinearCache(c.n_global_layers, c.n_global_heads, c.d_global,
+                                         c.global_window)
+        self.decoder_cache = _LinearCache(c.n_decoder_layers, c.n_local_heads, c.d_local,
+                                          c.local_window)
         self.pending: list[np.ndarray] = []  # encoder states of the unfinished patch
         self.context: np.ndarray | None = None  # global output of the last finished patch
         self.n_patches = 0
 
     def feed(self, byte_ids: Sequence[int], next_starts_patch: Sequence[bool]) -> np.ndarray:
-        c = self.config
         ids = np.asarray(byte_ids, dtype=np.int64)[None]  # (1, T)
         length = ids.shape[1]
         positions = np.arange(self.position, self.position + length, dtype=np.int64)[None]
 
         # encoder over the chunk
-        hidden, *self.encoder_cache = self.sessions["encoder_step"].run(None, {
+        hidden, keys, values = self.sessions["encoder_step"].run(None, {
             "byte_ids": ids, "prev_byte_ids": self.history, "position_ids": positions,
-            "past_keys": self.encoder_cache[0], "past_values": self.encoder_cache[1]})
+            **self.encoder_cache.feeds()})
+        self.encoder_cache.append(self.position, keys, values)
 
         # a global step for every patch that finishes inside the chunk
         contexts = []
         for offset in range(length):
             self.pending.append(hidden[:, offset:offset + 1])
             if next_starts_patch[offset]:
-                self.context, *self.global_cache = self.sessions["global_step"].run(None, {
+                self.context, keys, values = self.sessions["global_step"].run(None, {
                     "patch_hidden": np.concatenate(self.pending, axis=1),
                     "position_ids": np.array([[self.n_patches]], dtype=np.int64),
-                    "past_keys": self.global_cache[0], "past_values": self.global_cache[1]})
+                    **self.global_cache.feeds()})
+                self.global_cache.append(self.n_patches, keys, values)
                 self.n_patches += 1
                 self.pending = []
             if self.context is None:
@@ -206,17 +233,14 @@ class OnnxStepper:
             contexts.append(self.context)
 
         # decoder over the chunk
-        logits, *self.decoder_cache = self.sessions["decoder_step"].run(None, {
+        logits, keys, values = self.sessions["decoder_step"].run(None, {
             "encoder_hidden": hidden, "global_context": np.concatenate(contexts, axis=1),
-            "position_ids": positions,
-            "past_keys": self.decoder_cache[0], "past_values": self.decoder_cache[1]})
+            "position_ids": positions, **self.decoder_cache.feeds()})
+        self.decoder_cache.append(self.position, keys, values)
 
-        # advance: n-gram history, position, and caches trimmed to what the windows reach
+        # advance: n-gram history and position
         self.history = np.concatenate((self.history, ids), axis=1)[:, ids.shape[1]:]
         self.position += length
-        self.encoder_cache = [_trim(t, c.local_window - 1) for t in self.encoder_cache]
-        self.decoder_cache = [_trim(t, c.local_window - 1) for t in self.decoder_cache]
-        self.global_cache = [_trim(t, c.global_window - 1) for t in self.global_cache]
         return logits[0]
 
 
@@ -407,11 +431,12 @@ def graph_io_names(session: ort.InferenceSession) -> tuple[list[str], list[str]]
     return ([i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()])
 
 
-def check_io_names(sessions: Mapping[str, ort.InferenceSession]) -> None:
+def check_io_names(sessions: Mapping[str, ort.InferenceSession], model: ELRModel) -> None:
     """Raise ValueError if a graph's input or output names differ from graph_io."""
     for graph, session in sessions.items():
         inputs, outputs = graph_io_names(session)
-        if tuple(inputs) != GRAPH_INPUTS[graph] or tuple(outputs) != GRAPH_OUTPUTS[graph]:
+        want_inputs, want_outputs = input_names(model, graph), graph_outputs(graph)
+        if tuple(inputs) != want_inputs or tuple(outputs) != want_outputs:
             raise ValueError(f"exported {graph} has inputs {inputs} and outputs {outputs}, "
-                             f"expected {list(GRAPH_INPUTS[graph])} and "
-                             f"{list(GRAPH_OUTPUTS[graph])}: the export is wrong, report it")
+                             f"expected {list(want_inputs)} and {list(want_outputs)}: "
+                             "the export is wrong, report it")

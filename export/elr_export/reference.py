@@ -56,9 +56,9 @@ def step_logits(model: ELRModel, byte_ids: Sequence[int], next_starts_patch: Seq
     ids = torch.tensor(list(byte_ids), dtype=torch.long)[None]  # (1, T)
     if sum(chunk_lengths) != ids.shape[1]:
         raise ValueError("chunk_lengths must add up to the sequence length")
-    enc_keys, enc_values = model.encoder.empty_cache(1)
-    glob_keys, glob_values = model.global_model.empty_cache(1)
-    dec_keys, dec_values = model.decoder.empty_cache(1)
+    enc_cache = model.encoder.empty_cache(1)
+    glob_cache = model.global_model.empty_cache(1)
+    dec_cache = model.decoder.empty_cache(1)
     padded = torch.cat((torch.full((1, c.ngram_history), PAD_ID, dtype=torch.long), ids), dim=1)
 
     pending: list[Tensor] = []  # encoder states of the unfinished patch, each (1, 1, d_local)
@@ -71,26 +71,28 @@ def step_logits(model: ELRModel, byte_ids: Sequence[int], next_starts_patch: Seq
         positions = torch.arange(start, stop)[None]
 
         # encoder over the chunk
-        hidden, enc_keys, enc_values = model.encoder_step(
-            ids[:, start:stop], padded[:, start:start + c.ngram_history], positions,
-            enc_keys, enc_values)
+        hidden, new_keys, new_values = model.encoder_step(
+            ids[:, start:stop], padded[:, start:start + c.ngram_history], positions, enc_cache)
+        enc_cache = enc_cache.append(positions, new_keys, new_values)
 
         # a global step for every patch that finishes inside the chunk
         contexts = []
         for offset, t in enumerate(range(start, stop)):
             pending.append(hidden[:, offset:offset + 1])
             if next_starts_patch[t]:
-                context, glob_keys, glob_values = model.global_step(
-                    torch.cat(pending, dim=1), torch.tensor([[n_patches]]), glob_keys,
-                    glob_values)
+                patch_position = torch.tensor([[n_patches]])
+                context, new_keys, new_values = model.global_step(
+                    torch.cat(pending, dim=1), patch_position, glob_cache)
+                glob_cache = glob_cache.append(patch_position, new_keys, new_values)
                 n_patches += 1
                 pending = []
             assert context is not None, "position 0 (BOS) must end a patch"
             contexts.append(context)
 
         # decoder over the chunk
-        chunk_logits, dec_keys, dec_values = model.decoder_step(
-            hidden, torch.cat(contexts, dim=1), positions, dec_keys, dec_values)
+        chunk_logits, new_keys, new_values = model.decoder_step(
+            hidden, torch.cat(contexts, dim=1), positions, dec_cache)
+        dec_cache = dec_cache.append(positions, new_keys, new_values)
         logits.append(chunk_logits[0])
         start = stop
     return torch.cat(logits)

@@ -24,11 +24,11 @@ from typing import Any
 
 from elr_runtime.graph_io import (
     BUNDLE_FORMAT_VERSION,
-    GRAPH_INPUTS,
     GRAPH_NAMES,
-    GRAPH_OUTPUTS,
     MANIFEST_NAME,
     SPECIAL_IDS,
+    graph_inputs,
+    graph_outputs,
 )
 
 logger = logging.getLogger(__name__)
@@ -52,9 +52,9 @@ class CacheSpec:
     head_dim: int
     window: int  # positions each query attends to, itself included
 
-    def empty_shape(self, batch: int = 1) -> tuple[int, int, int, int, int]:
-        """Return the (n_layers, batch, n_heads, 0, head_dim) shape of an empty cache."""
-        return (self.n_layers, batch, self.n_heads, 0, self.head_dim)
+    def layer_shape(self, capacity: int, batch: int = 1) -> tuple[int, int, int, int]:
+        """Return the (batch, n_heads, capacity, head_dim) shape of one layer's keys."""
+        return (batch, self.n_heads, capacity, self.head_dim)
 
 
 @dataclass(frozen=True)
@@ -96,7 +96,8 @@ def load_bundle(path: str | Path, verify_checksums: bool = True) -> Bundle:
     _check_format_version(root, manifest)
     _check_keys(root, manifest)
     _check_special_ids(root, manifest["special_ids"])
-    _check_io(root, manifest["io"])
+    caches = _cache_specs(root, manifest["caches"])
+    _check_io(root, manifest["io"], caches)
     files = _check_files(root, manifest["files"], verify_checksums)
     graph_files, precisions = _graph_files(root, manifest["graphs"], files)
     model_config = _model_config(root, manifest["model"])
@@ -109,7 +110,7 @@ def load_bundle(path: str | Path, verify_checksums: bool = True) -> Bundle:
         patcher_settings=manifest.get("patcher"),
         table_path=table_path,
         n_latent_steps=_positive_int(root, "n_latent_steps", manifest["n_latent_steps"]),
-        caches=_cache_specs(root, manifest["caches"]),
+        caches=caches,
         graph_files=graph_files,
         precisions=precisions,
     )
@@ -186,14 +187,14 @@ def _check_special_ids(root: Path, special_ids: Mapping[str, Any]) -> None:
                           f"uses {SPECIAL_IDS}: {REEXPORT} with this version of elr-lrt")
 
 
-def _check_io(root: Path, io: Mapping[str, Any]) -> None:
+def _check_io(root: Path, io: Mapping[str, Any], caches: Mapping[str, CacheSpec]) -> None:
     for graph in GRAPH_NAMES:
         entry = io.get(graph)
         if not isinstance(entry, dict):
             raise BundleError(f"{root / MANIFEST_NAME} lists no inputs and outputs for graph "
                               f"{graph}: {REEXPORT}")
-        for kind, expected in (("inputs", GRAPH_INPUTS[graph]),
-                               ("outputs", GRAPH_OUTPUTS[graph])):
+        for kind, expected in (("inputs", graph_inputs(graph, caches[graph].n_layers)),
+                               ("outputs", graph_outputs(graph))):
             names = tuple(entry.get(kind) or ())
             if names != expected:
                 raise BundleError(f"{root / MANIFEST_NAME} gives graph {graph} the {kind} "

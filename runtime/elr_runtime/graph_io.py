@@ -3,9 +3,24 @@
 Every ONNX graph of a bundle is defined here once: elr-export names the graph inputs and
 outputs from these tuples, and the runtime checks a loaded graph against them.
 
-KV caches are stacked over layers: ``past_keys`` and ``past_values`` have the shape
-(n_layers, batch, n_heads, past_length, head_dim), and ``present_*`` outputs have the same
-shape with ``past_length + new_length`` positions.
+KV caches are ring buffers that the graphs read but never copy. Every step graph takes, after
+its own inputs:
+
+    past_positions  (batch, capacity) int64, the absolute position of the key in each slot,
+                    EMPTY_POSITION for a slot that holds none
+    past_keys.<i>   (batch, n_heads, capacity, head_dim) float32, one input per layer i
+    past_values.<i> the same for values
+
+and returns, after its own outputs, only the keys and values of the positions it added:
+
+    new_keys        (n_layers, batch, n_heads, new_length, head_dim) float32
+    new_values      the same for values
+
+The caller writes them into the slots of its ring buffers (slot = position % capacity). A
+query attends to the slots and new positions inside its window, whatever their order, so a
+ring of window - 1 slots serves any stream length, and nothing is ever trimmed or copied
+whole. Keeping one input per layer matters: onnxruntime copies any slice it takes of an
+input, so a stacked cache would be copied once per step.
 """
 
 from __future__ import annotations
@@ -35,23 +50,23 @@ GRAPH_NAMES = (ENCODER_GRAPH, GLOBAL_GRAPH, LATENT_GRAPH, DECODER_GRAPH)
 #   prev_byte_ids   (batch, ngram_history) int64, the bytes before byte_ids (PAD_ID when none)
 #   position_ids    (batch, new_length) int64, absolute byte positions
 #   hidden          (batch, new_length, d_local) float32
-ENCODER_INPUTS = ("byte_ids", "prev_byte_ids", "position_ids", "past_keys", "past_values")
-ENCODER_OUTPUTS = ("hidden", "present_keys", "present_values")
+ENCODER_INPUTS = ("byte_ids", "prev_byte_ids", "position_ids")
+ENCODER_OUTPUTS = ("hidden",)
 
 # Global step: pools one finished patch of encoder states and advances the global model.
 #   patch_hidden    (batch, patch_length, d_local) float32, encoder states of the patch bytes
 #   position_ids    (batch, 1) int64, the global position of this patch
 #   global_hidden   (batch, 1, d_global) float32
-GLOBAL_INPUTS = ("patch_hidden", "position_ids", "past_keys", "past_values")
-GLOBAL_OUTPUTS = ("global_hidden", "present_keys", "present_values")
+GLOBAL_INPUTS = ("patch_hidden", "position_ids")
+GLOBAL_OUTPUTS = ("global_hidden",)
 
 # Latent loop: feeds the global model's last hidden state back as its next input, a fixed
 # number of times (the manifest's n_latent_steps), unrolled inside the graph.
 #   latent_input    (batch, 1, d_global) float32, the last global hidden state
 #   position_ids    (batch, 1) int64, the global position of the first latent step
 #   latent_hidden   (batch, 1, d_global) float32, the hidden state after the last step
-LATENT_INPUTS = ("latent_input", "position_ids", "past_keys", "past_values")
-LATENT_OUTPUTS = ("latent_hidden", "present_keys", "present_values")
+LATENT_INPUTS = ("latent_input", "position_ids")
+LATENT_OUTPUTS = ("latent_hidden",)
 
 # Local decoder step: predicts the next byte from the bytes so far and the global context.
 #   encoder_hidden  (batch, new_length, d_local) float32, the encoder's `hidden` output
@@ -59,9 +74,11 @@ LATENT_OUTPUTS = ("latent_hidden", "present_keys", "present_values")
 #                   of the last finished patch before the byte being predicted
 #   position_ids    (batch, new_length) int64
 #   logits          (batch, new_length, VOCAB_SIZE) float32, scores of the next byte
-DECODER_INPUTS = ("encoder_hidden", "global_context", "position_ids", "past_keys", "past_values")
-DECODER_OUTPUTS = ("logits", "present_keys", "present_values")
+DECODER_INPUTS = ("encoder_hidden", "global_context", "position_ids")
+DECODER_OUTPUTS = ("logits",)
 
+# The graph's own inputs and outputs, before the cache inputs and outputs of `graph_inputs`
+# and `graph_outputs`.
 GRAPH_INPUTS = {
     ENCODER_GRAPH: ENCODER_INPUTS,
     GLOBAL_GRAPH: GLOBAL_INPUTS,
@@ -75,7 +92,41 @@ GRAPH_OUTPUTS = {
     DECODER_GRAPH: DECODER_OUTPUTS,
 }
 
-BUNDLE_FORMAT_VERSION = 1
+# Position of an empty cache slot: so far before any query that no window reaches it.
+EMPTY_POSITION = -(1 << 40)
+POSITIONS_INPUT = "past_positions"
+NEW_KEYS = "new_keys"
+NEW_VALUES = "new_values"
+
+
+def past_key_name(layer: int) -> str:
+    return f"past_keys.{layer}"
+
+
+def past_value_name(layer: int) -> str:
+    return f"past_values.{layer}"
+
+
+def cache_input_names(n_layers: int) -> tuple[str, ...]:
+    """Return the cache inputs of a stack of `n_layers`: positions, then keys and values."""
+    names = [POSITIONS_INPUT]
+    for layer in range(n_layers):
+        names += [past_key_name(layer), past_value_name(layer)]
+    return tuple(names)
+
+
+def graph_inputs(graph: str, n_layers: int) -> tuple[str, ...]:
+    """Return every input name of `graph` whose cache stack has `n_layers` layers, in order."""
+    return GRAPH_INPUTS[graph] + cache_input_names(n_layers)
+
+
+def graph_outputs(graph: str) -> tuple[str, ...]:
+    """Return every output name of `graph`, in order."""
+    return GRAPH_OUTPUTS[graph] + (NEW_KEYS, NEW_VALUES)
+
+
+# Version 2: ring-buffer caches (one input per layer, only new keys returned).
+BUNDLE_FORMAT_VERSION = 2
 MANIFEST_NAME = "manifest.json"
 TABLE_NAME = "frequency_table.elrt"
 

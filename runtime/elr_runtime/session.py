@@ -30,7 +30,14 @@ from onnxruntime.capi.onnxruntime_pybind11_state import (
 )
 
 from elr_runtime.bundle import REEXPORT, Bundle, BundleError, CacheSpec
-from elr_runtime.graph_io import GRAPH_INPUTS, GRAPH_NAMES, GRAPH_OUTPUTS
+from elr_runtime.graph_io import (
+    GRAPH_NAMES,
+    NEW_KEYS,
+    NEW_VALUES,
+    POSITIONS_INPUT,
+    graph_inputs,
+    graph_outputs,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -45,8 +52,7 @@ _OPTIMIZATION_LEVELS = {
     "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
 }
 
-_INTEGER_NAMES = frozenset({"byte_ids", "prev_byte_ids", "position_ids"})
-_CACHE_NAMES = frozenset({"past_keys", "past_values", "present_keys", "present_values"})
+_INTEGER_NAMES = frozenset({"byte_ids", "prev_byte_ids", "position_ids", POSITIONS_INPUT})
 
 
 @dataclass(frozen=True)
@@ -128,27 +134,35 @@ def check_graph_signature(graph: str, path: Path, session: ort.InferenceSession,
     outputs = session.get_outputs()
     input_names = tuple(arg.name for arg in inputs)
     output_names = tuple(arg.name for arg in outputs)
-    if input_names != GRAPH_INPUTS[graph] or output_names != GRAPH_OUTPUTS[graph]:
+    expected_inputs = graph_inputs(graph, cache.n_layers)
+    expected_outputs = graph_outputs(graph)
+    if input_names != expected_inputs or output_names != expected_outputs:
         raise BundleError(
             f"{path} has inputs {list(input_names)} and outputs {list(output_names)}, but the "
-            f"{graph} graph has inputs {list(GRAPH_INPUTS[graph])} and outputs "
-            f"{list(GRAPH_OUTPUTS[graph])}: the file holds another graph; {REEXPORT}")
+            f"{graph} graph has inputs {list(expected_inputs)} and outputs "
+            f"{list(expected_outputs)}: the file holds another graph; {REEXPORT}")
 
     for arg in (*inputs, *outputs):
         expected_type = "tensor(int64)" if arg.name in _INTEGER_NAMES else "tensor(float)"
         if arg.type != expected_type:
             raise BundleError(f"{path}: {graph} {arg.name} has type {arg.type}, expected "
                               f"{expected_type}: {REEXPORT}")
-        if arg.name in _CACHE_NAMES:
-            _check_cache_shape(graph, path, arg.name, arg.shape, cache)
+        if arg.name in (NEW_KEYS, NEW_VALUES):
+            # (n_layers, batch, n_heads, new_length, head_dim)
+            _check_cache_shape(graph, path, arg.name, arg.shape, cache,
+                               {0: cache.n_layers, 2: cache.n_heads, 4: cache.head_dim})
+        elif arg.name.startswith(("past_keys.", "past_values.")):
+            # (batch, n_heads, capacity, head_dim)
+            _check_cache_shape(graph, path, arg.name, arg.shape, cache,
+                               {1: cache.n_heads, 3: cache.head_dim})
 
 
 def _check_cache_shape(graph: str, path: Path, name: str, shape: list[int | str | None],
-                       cache: CacheSpec) -> None:
-    expected = {0: cache.n_layers, 2: cache.n_heads, 4: cache.head_dim}
-    if len(shape) != 5:
-        raise BundleError(f"{path}: {graph} {name} has {len(shape)} dimensions, expected 5 "
-                          f"(n_layers, batch, n_heads, length, head_dim): {REEXPORT}")
+                       cache: CacheSpec, expected: dict[int, int]) -> None:
+    rank = 5 if name in (NEW_KEYS, NEW_VALUES) else 4
+    if len(shape) != rank:
+        raise BundleError(f"{path}: {graph} {name} has {len(shape)} dimensions, expected "
+                          f"{rank}: {REEXPORT}")
     for axis, size in expected.items():
         if isinstance(shape[axis], int) and shape[axis] != size:
             raise BundleError(f"{path}: {graph} {name} has shape {shape} but the manifest's "
