@@ -184,7 +184,10 @@ def build_runtime_wheel(work_dir: Path, fresh: bool) -> Path:
     """
     wheel_dir = work_dir / "wheel"
     wheels = sorted(wheel_dir.glob("elr_lrt-*.whl"))
-    if len(wheels) == 1 and not fresh:
+    sources = [REPO / "pyproject.toml", *(REPO / "runtime").rglob("*.py"),
+               *(REPO / "cpp").rglob("*")]
+    newest_source = max(path.stat().st_mtime for path in sources if path.is_file())
+    if len(wheels) == 1 and not fresh and wheels[0].stat().st_mtime > newest_source:
         return wheels[0]
     if wheel_dir.exists():
         shutil.rmtree(wheel_dir)
@@ -204,7 +207,8 @@ def build_runtime_venv(work_dir: Path, wheel: Path, compile_bytecode: bool,
     at install time; Python then writes them only for the modules it imports.
     """
     venv = work_dir / ("runtime_venv" if compile_bytecode else "runtime_venv_no_compile")
-    if venv.is_dir() and not fresh:
+    # a venv older than the wheel holds an older runtime
+    if venv.is_dir() and not fresh and venv.stat().st_mtime > wheel.stat().st_mtime:
         return venv
     if venv.exists():
         shutil.rmtree(venv)

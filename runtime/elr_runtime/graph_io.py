@@ -7,7 +7,7 @@ KV caches are ring buffers that the graphs read but never copy. Every step graph
 its own inputs:
 
     past_positions  (batch, capacity) int64, the absolute position of the key in each slot,
-                    EMPTY_POSITION for a slot that holds none
+                    EMPTY_POSITION for an empty slot
     past_keys.<i>   (batch, n_heads, capacity, head_dim) float32, one input per layer i
     past_values.<i> the same for values
 

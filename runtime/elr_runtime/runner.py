@@ -48,9 +48,10 @@ logger = logging.getLogger(__name__)
 N_BYTE_VALUES = 256
 # Prompt bytes per encoder and decoder call. Attention in a call costs about
 # chunk * (window + chunk) per layer and head, so this bounds prefill memory for any prompt.
-# onnxruntime's memory arena keeps the buffers of the largest call for the whole session:
-# measured on the default model, chunks of 256 bytes peaked at 123 MB of RSS and chunks of 64
-# at 95 MB, with no measurable change in time to first byte (the global steps dominate it).
+# onnxruntime's memory arena keeps the buffers of the largest call for the whole session. On
+# the default model (benchmarks/bench_runtime.py), chunks of 256 bytes peaked at 123 MB of RSS
+# and chunks of 64 at 95 MB. Time to first byte did not change measurably, because the global
+# steps dominate it.
 DEFAULT_PREFILL_CHUNK = 64
 
 
