@@ -33,7 +33,8 @@ EXIT_OK = 0
 EXIT_BUNDLE_ERROR = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shell convention
-_ESCAPES = re.compile(rb"\\(x[0-9a-fA-F]{2}|[ntr\\])")
+# a valid escape, or (second group) a backslash followed by anything else, which is rejected
+_ESCAPES = re.compile(rb"\\(x[0-9a-fA-F]{2}|[ntr\\])|(\\.?)", re.DOTALL)
 
 
 class UsageError(Exception):
@@ -127,6 +128,10 @@ def parse_stop(value: str) -> bytes:
 
     def replace(match: re.Match[bytes]) -> bytes:
         code = match.group(1)
+        if code is None:
+            bad = match.group(2).decode(errors="replace")
+            raise UsageError(f'--stop "{value}" has the invalid escape "{bad}": use \\n, \\t, '
+                             f"\\r, \\\\ or \\xHH with two hex digits")
         return bytes([int(code[1:], 16)]) if code.startswith(b"x") else simple[code]
 
     decoded = _ESCAPES.sub(replace, raw)
