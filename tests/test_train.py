@@ -89,7 +89,8 @@ def test_binary_input_trains(tmp_path: Path):
     assert code == 0
 
 
-@pytest.mark.parametrize("case", ["missing", "empty", "empty_dir", "bad_config", "bad_fraction"])
+@pytest.mark.parametrize("case", ["missing", "empty", "empty_dir", "bad_config", "bad_fraction",
+                                  "zero_threads"])
 def test_bad_input_one_line_error(case: str, tmp_path: Path, small_text: Path, capsys):
     args = {
         "missing": [str(tmp_path / "nope.txt")],
@@ -97,6 +98,7 @@ def test_bad_input_one_line_error(case: str, tmp_path: Path, small_text: Path, c
         "empty_dir": [str(tmp_path / "emptydir")],
         "bad_config": [str(small_text), "--d-global", "30"],
         "bad_fraction": [str(small_text), "--val-fraction", "1.5"],
+        "zero_threads": [str(small_text), "--threads", "0"],
     }[case]
     (tmp_path / "empty.txt").write_bytes(b"")
     (tmp_path / "emptydir").mkdir()

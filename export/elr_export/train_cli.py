@@ -138,7 +138,7 @@ def build_rule(args: argparse.Namespace, model_config: ModelConfig, train_docs: 
 def run(args: argparse.Namespace) -> int:
     distributed = init_distributed()
     world = int(os.environ.get("WORLD_SIZE", "1")) if distributed else 1
-    threads = args.threads or max(1, (os.cpu_count() or 1) // world)
+    threads = args.threads if args.threads is not None else max(1, (os.cpu_count() or 1) // world)
     if threads < 1:
         raise ValueError(f"--threads {threads} must be at least 1")
     torch.set_num_threads(threads)
