@@ -37,7 +37,7 @@ def shell_commands(path: Path) -> list[str]:
 
 def parse_only(argv: list[str]) -> None:
     """Parse a command line with the command's own parser, without running it."""
-    name, args = argv[0], argv[1:]
+    name, args = Path(argv[0]).name, argv[1:]  # "~/elr/bin/elr-run" is elr-run in a venv
     if name == "torchrun":
         module_index = args.index("-m")
         name, args = args[module_index + 1], args[module_index + 2:]
@@ -59,7 +59,9 @@ def elr_commands(path: Path) -> list[list[str]]:
     out = []
     for line in shell_commands(path):
         argv = shlex.split(line.split("<")[0])
-        if argv[0] in ("make", "pip") or argv[:3] == ["python", "-m", "elr_export.checkpoint"]:
+        not_elr = argv[0] in ("make", "pip", "tail") or argv[:3] in (
+            ["python", "-m", "elr_export.checkpoint"], ["python3", "-m", "venv"])
+        if not_elr:
             continue
         out.append(argv)
     return out

@@ -209,6 +209,7 @@ def test_tampered_bundle_in_subprocess(run, tmp_path):
 @pytest.mark.parametrize(("args", "message"), [
     (["--threads", "0"], "--threads 0 must be an integer >= 1"),
     (["--threads", "two"], "invalid int value"),
+    (["--threads", "100000"], "--threads 100000 is far more than the"),
     (["--temperature", "-1"], "--temperature -1.0 must be a finite number >= 0"),
     (["--temperature", "nan"], "--temperature nan must be a finite number"),
     (["--top-k", "-3"], "--top-k -3 must be an integer >= 0"),

@@ -81,6 +81,19 @@ def test_eval_reports_bpb_and_flops(trained: Path, small_text: Path, capsys):
     assert result["flops_per_byte"] > 0
 
 
+@pytest.mark.parametrize(("args", "message"), [
+    (["--batch-size", "0"], "--batch-size 0 must be at least 1"),
+    (["--batch-size", "-1"], "--batch-size -1 must be at least 1"),
+    (["--seq-len", "100000"], "--seq-len 100000 must be between 2 and"),
+    (["--seq-len", "0"], "--seq-len 0 must be between 2 and"),
+])
+def test_eval_rejects_bad_sizes(trained: Path, small_text: Path, capsys, args, message):
+    assert eval_main([str(trained), str(small_text), *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("elr-eval: error: ")
+    assert message in err
+
+
 def test_binary_input_trains(tmp_path: Path):
     data = tmp_path / "random.bin"
     data.write_bytes(os.urandom(40_000) + bytes(range(256)) * 20)
@@ -90,7 +103,7 @@ def test_binary_input_trains(tmp_path: Path):
 
 
 @pytest.mark.parametrize("case", ["missing", "empty", "empty_dir", "bad_config", "bad_fraction",
-                                  "zero_threads"])
+                                  "zero_threads", "huge_window", "out_is_file"])
 def test_bad_input_one_line_error(case: str, tmp_path: Path, small_text: Path, capsys):
     args = {
         "missing": [str(tmp_path / "nope.txt")],
@@ -99,15 +112,20 @@ def test_bad_input_one_line_error(case: str, tmp_path: Path, small_text: Path, c
         "bad_config": [str(small_text), "--d-global", "30"],
         "bad_fraction": [str(small_text), "--val-fraction", "1.5"],
         "zero_threads": [str(small_text), "--threads", "0"],
+        "huge_window": [str(small_text), "--seq-len", "100000"],
+        "out_is_file": [str(small_text)],
     }[case]
     (tmp_path / "empty.txt").write_bytes(b"")
     (tmp_path / "emptydir").mkdir()
-    code = train_main([*TINY_MODEL, *args, "--out", str(tmp_path / "out"), "--max-steps", "2"])
+    out = small_text if case == "out_is_file" else tmp_path / "out"
+    before = small_text.read_bytes()
+    code = train_main([*TINY_MODEL, *args, "--out", str(out), "--max-steps", "2"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
     assert err[-1].startswith("elr-train: error:")
     assert "Traceback" not in "\n".join(err)
     assert not (tmp_path / "out").exists()
+    assert small_text.read_bytes() == before
 
 
 def test_existing_checkpoint_not_overwritten(trained: Path, small_text: Path, capsys):

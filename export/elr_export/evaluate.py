@@ -29,6 +29,10 @@ from elr_export.data import (
 from elr_export.model import ELRModel, estimate_flops_per_byte
 from elr_runtime.graph_io import EOS_ID, PAD_ID
 
+# Longest window accepted: attention in a window of n bytes holds n * n scores per head, so
+# much longer windows run out of memory on the machines this targets.
+MAX_SEQ_LEN = 8192
+
 logger = logging.getLogger(__name__)
 
 
@@ -87,9 +91,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             torch.set_num_threads(args.threads)
         ckpt = load_checkpoint(args.checkpoint)
         docs = patch_documents(read_documents(expand_paths(args.files)), ckpt.patch_rule())
+        if args.batch_size < 1:
+            raise ValueError(f"--batch-size {args.batch_size} must be at least 1")
+        if args.seq_len is not None and not 2 <= args.seq_len <= MAX_SEQ_LEN:
+            raise ValueError(f"--seq-len {args.seq_len} must be between 2 and {MAX_SEQ_LEN}")
         seq_len = args.seq_len or int(ckpt.training_state.get("seq_len", 512))
-        if seq_len < 2:
-            raise ValueError(f"--seq-len {seq_len} must be at least 2")
         bpb = evaluate_bpb(ckpt.model, docs, seq_len, args.batch_size)
     except (CheckpointError, DataError, ValueError) as err:
         print(f"elr-eval: error: {err}", file=sys.stderr)

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from elr_export.checkpoint import Checkpoint, load_optimizer_state, save_checkpoint
 from elr_export.data import PatchedDocument, WindowSampler, mean_patch_length
-from elr_export.evaluate import evaluate_bpb
+from elr_export.evaluate import MAX_SEQ_LEN, evaluate_bpb
 from elr_export.model import ELRModel
 from elr_runtime.graph_io import EOS_ID, PAD_ID
 from elr_runtime.patcher import FrequencyTable
@@ -57,8 +57,8 @@ class TrainConfig:
                      "checkpoint_interval", "eval_windows"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be at least 1")
-        if self.seq_len < 16:
-            raise ValueError(f"seq_len={self.seq_len} must be at least 16")
+        if not 16 <= self.seq_len <= MAX_SEQ_LEN:
+            raise ValueError(f"seq_len={self.seq_len} must be between 16 and {MAX_SEQ_LEN}")
         if not self.lr > 0:
             raise ValueError(f"lr={self.lr} must be positive")
         if self.time_budget_s < 0:

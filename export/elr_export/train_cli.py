@@ -150,6 +150,8 @@ def run(args: argparse.Namespace) -> int:
 
     # the output directory: a new one, or an existing checkpoint with --resume
     resumed = None
+    if args.out.exists() and not args.out.is_dir():
+        raise ValueError(f"--out {args.out} is a file: pass a directory for the checkpoint")
     if args.resume:
         resumed = load_checkpoint(args.out)
     elif args.out.exists() and (args.out / CONFIG_NAME).exists():
