@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import logging
+import os
 import shutil
 import sys
 import time
@@ -510,7 +511,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"elr-export: interrupted; {options.out} was not changed", file=sys.stderr)
         return 130
-    print(format_summary(result))
+    try:
+        print(format_summary(result), flush=True)
+    except BrokenPipeError:
+        # the reader closed stdout (`elr-export ... | head`): the bundle is already written
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
     return 0
 
 
