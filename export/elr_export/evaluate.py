@@ -29,7 +29,7 @@ from elr_export.data import (
 from elr_export.model import ELRModel, estimate_flops_per_byte
 from elr_runtime.graph_io import EOS_ID, PAD_ID
 
-# Longest window accepted: attention in a window of n bytes holds n * n scores per head, so
+# Longest window accepted: attention in a window of n bytes computes n * n scores per head, so
 # much longer windows run out of memory on the machines this targets.
 MAX_SEQ_LEN = 8192
 
