@@ -207,7 +207,7 @@ def build_runtime_venv(work_dir: Path, wheel: Path, compile_bytecode: bool,
     at install time; Python then writes them only for the modules it imports.
     """
     venv = work_dir / ("runtime_venv" if compile_bytecode else "runtime_venv_no_compile")
-    # a venv older than the wheel holds an older runtime
+    # a venv older than the wheel contains an older runtime
     if venv.is_dir() and not fresh and venv.stat().st_mtime > wheel.stat().st_mtime:
         return venv
     if venv.exists():

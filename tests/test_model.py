@@ -95,7 +95,7 @@ def test_latent_loop_runs_global_model_repeatedly():
     assert torch.allclose(twice, manual, atol=1e-6)
 
 
-def test_cache_slots_may_be_in_any_order_and_empty():
+def test_cache_slots_any_order_or_empty():
     """The runtime's ring buffers hold slots out of order, with empty slots at the start."""
     torch.manual_seed(0)
     model = ELRModel(tiny_config()).eval()

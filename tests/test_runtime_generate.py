@@ -72,7 +72,7 @@ def test_long_prompt_spans_many_patches_and_chunks(run, fp32):
     fp32.generate(prompts(run)["long"], max_bytes=1)
     assert fp32.stats.prompt_global_steps > 50
     # the rings filled up: the prompt is longer than the local window and has more patches
-    # than the global window holds
+    # than the global window reaches
     assert fp32.runner.encoder_cache.size == fp32.runner.encoder_cache.max_capacity
     assert fp32.runner.global_cache.size == fp32.runner.global_cache.max_capacity
 

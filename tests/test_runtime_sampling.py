@@ -205,17 +205,17 @@ def cache_contents(cache: KVCache) -> dict[int, float]:
 
 
 @pytest.mark.parametrize("calls", [[1] * 40, [5, 1, 30, 1, 1, 2], [3] * 9, [100], [7, 200, 1]])
-def test_ring_keeps_exactly_the_last_window_minus_one_positions(calls):
+def test_ring_keeps_last_window_positions(calls):
     spec = CacheSpec(n_layers=2, n_heads=2, head_dim=4, window=16)
     cache = KVCache(spec, initial_capacity=4)
     position = 0
     for count in calls:
         cache.append(position, *new_entries(spec, position, count))
         position += count
-        kept = cache_contents(cache)
+        stored = cache_contents(cache)
         expected = range(max(0, position - (spec.window - 1)), position)
-        assert sorted(kept) == list(expected)
-        assert all(key == p for p, key in kept.items())  # each key stayed with its position
+        assert sorted(stored) == list(expected)
+        assert all(key == p for p, key in stored.items())  # each key stayed with its position
         assert cache.capacity <= spec.window - 1
         values = cache.values[1][0, 1, :, 3]
         filled = cache.positions[0] != EMPTY_POSITION
@@ -233,6 +233,8 @@ def test_ring_grows_by_doubling_then_writes_in_place():
     full = cache.keys[0]
     feeds = cache.feeds()
     cache.append(60, *new_entries(spec, 60, 1))
-    assert cache.keys[0] is full and feeds[past_key_name(0)] is full
+    assert cache.keys[0] is full
+    assert feeds[past_key_name(0)] is full
     cache.reset()
-    assert cache.capacity == 4 and cache_contents(cache) == {}
+    assert cache.capacity == 4
+    assert cache_contents(cache) == {}

@@ -9,7 +9,6 @@ import argparse
 import json
 import logging
 import math
-import os
 import sys
 from collections.abc import Sequence
 
@@ -27,10 +26,11 @@ from elr_export.data import (
     stack_windows,
 )
 from elr_export.model import ELRModel, estimate_flops_per_byte
+from elr_runtime.cli import silence_stdout
 from elr_runtime.graph_io import EOS_ID, PAD_ID
 
-# Longest window accepted: attention in a window of n bytes computes n * n scores per head, so
-# much longer windows run out of memory on the machines this targets.
+# Maximum window length in bytes. Attention over a window of n bytes computes n * n scores per
+# head, so much longer windows run out of memory on small machines.
 MAX_SEQ_LEN = 8192
 
 logger = logging.getLogger(__name__)
@@ -122,7 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(report, flush=True)
     except BrokenPipeError:
         # the reader closed the pipe (`elr-eval ... | head -1`): not an error
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        silence_stdout()
     return 0
 
 

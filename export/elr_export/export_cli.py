@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import logging
-import os
 import shutil
 import sys
 import time
@@ -48,6 +47,7 @@ from elr_export.onnx_export import (
     export_graph,
 )
 from elr_export.quantize import QuantizationSettings, quantize_graph
+from elr_runtime.cli import silence_stdout
 from elr_runtime.graph_io import GRAPH_NAMES, TABLE_NAME, graph_filename
 from elr_runtime.patching import PatchRule
 
@@ -515,9 +515,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(format_summary(result), flush=True)
     except BrokenPipeError:
         # the reader closed stdout (`elr-export ... | head`): the bundle is already written
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
+        silence_stdout()
     return 0
 
 

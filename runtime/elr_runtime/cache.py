@@ -93,9 +93,8 @@ class KVCache:
     def _allocate(self, capacity: int) -> None:
         self._capacity = capacity
         self.positions = np.full((1, capacity), EMPTY_POSITION, dtype=np.int64)
-        # one array for all layers, so that a step writes every layer in one assignment; the
-        # layer axis comes first, so each layer's part is contiguous and feeds a graph input
-        # without a copy
+        # One array for all layers lets a step write every layer in one assignment. The layer
+        # axis comes first, so each layer's part is contiguous and feeds a graph input as is.
         shape = (self.spec.n_layers, *self.spec.layer_shape(capacity))
         self._keys = np.zeros(shape, dtype=np.float32)
         self._values = np.zeros(shape, dtype=np.float32)
@@ -106,11 +105,11 @@ class KVCache:
             self._feeds[past_key_name(layer)] = self.keys[layer]
             self._feeds[past_value_name(layer)] = self.values[layer]
 
-    def _grow(self, wanted: int) -> None:
+    def _grow(self, needed: int) -> None:
         # the ring wraps only at full size, so before that the entries fill slots 0..size-1
         old_positions, old_keys, old_values = self.positions, self._keys, self._values
         filled = self.size
-        self._allocate(min(self.max_capacity, max(wanted, 2 * self.capacity)))
+        self._allocate(min(self.max_capacity, max(needed, 2 * self.capacity)))
         self.positions[:, :filled] = old_positions[:, :filled]
         self._keys[:, :, :, :filled] = old_keys[:, :, :, :filled]
         self._values[:, :, :, :filled] = old_values[:, :, :, :filled]

@@ -274,7 +274,7 @@ def _answer(generator: Generator, prompt: bytes, args: argparse.Namespace,
     except BrokenPipeError:
         chunks.close()
         output.closed = True
-        _silence_stdout()
+        silence_stdout()
         if args.stats:
             print(generator.stats.summary(), file=sys.stderr)
         return EXIT_OK
@@ -337,7 +337,7 @@ class _Output:
             self.at_line_start = True
 
 
-def _silence_stdout() -> None:
+def silence_stdout() -> None:
     """Point stdout at /dev/null, so that the interpreter's final flush of stdout does not
     raise BrokenPipeError again."""
     devnull = os.open(os.devnull, os.O_WRONLY)

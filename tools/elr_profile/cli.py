@@ -312,9 +312,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         # the reader closed stdout (`elr-profile ... | head`): the results files are written
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
+        from elr_runtime.cli import silence_stdout
+
+        silence_stdout()
         return 0
 
 
